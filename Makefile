@@ -1,0 +1,59 @@
+# clipmini: the two commands a reader needs are `make book` and `make test`.
+# Each creates (or reuses) the project virtual environment in .venv with pinned versions.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.clipmini-installed
+CONSTRAINTS := requirements/constraints.txt
+PROFILE ?= cpu
+
+.PHONY: help env book book-check test test-fast lab reproduce bench strip clean
+
+help:
+	@echo "make book       build the rendered book into _build/html (executes every chapter)"
+	@echo "make test       run every test: pytest, the chapters under nbval, and a book build check"
+	@echo "make lab        open the chapters in JupyterLab with the project's environment"
+	@echo "make reproduce  run every chapter headless with papermill: PROFILE=cpu (default) or gpu"
+	@echo "make bench      measure speed and memory against open_clip into benchmarks/results/"
+
+# The environment: torch first (served from local disk where available), then the package with its extras.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) torch torchvision
+	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) --editable '.[book,test,data]'
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --builder html
+	@echo "The book is in _build/html/index.html"
+
+# A fast build without executing the chapters (nbval has just executed them): catches a broken
+# table of contents, reference or page. Warnings are errors here.
+book-check: $(STAMP)
+	$(PY) -m clipmini.jobs book-check
+
+test: $(STAMP)
+	$(PY) -m pytest
+	$(MAKE) --no-print-directory book-check
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" tests
+
+lab: $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (clipmini)" >/dev/null
+	$(VENV)/bin/jupyter lab notebooks/
+
+reproduce: $(STAMP)
+	$(PY) -m clipmini.jobs reproduce --profile $(PROFILE)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+strip: $(STAMP)
+	$(PY) -m clipmini.jobs strip
+
+clean:
+	rm -rf _build runs .pytest_cache

@@ -1,0 +1,204 @@
+"""Chapters as jobs: run every notebook of the book headless with papermill, and check the book builds.
+
+``python -m clipmini.jobs reproduce --profile cpu`` is what ``make reproduce`` runs;
+``python -m clipmini.jobs book-check`` is the quick, non-executing book build of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipmini.fileio import atomic_write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def save_results(chapter: str, results: dict[str, Any], results_dir: str | os.PathLike | None) -> Path | None:
+    """Write a chapter's measured results as ``<results_dir>/<chapter>.json`` (atomically).
+
+    Chapters call this last with their ``results_dir`` parameter; an empty value writes nothing, so an
+    interactive run leaves no files behind.
+    """
+    if not results_dir:
+        return None
+    if not isinstance(results, dict):
+        raise TypeError(f"results must be a dict of JSON values, got {type(results).__name__}")
+    path = Path(results_dir) / f"{chapter}.json"
+    atomic_write_json(path, results)
+    return path
+
+
+def toc_chapters(toc_path: str | os.PathLike = ROOT / "_toc.yml") -> list[Path]:
+    """The notebooks listed in ``_toc.yml``, in book order (prose pages are skipped)."""
+    toc = yaml.safe_load(Path(toc_path).read_text())
+    files: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for key in ("parts", "chapters", "sections"):
+                for child in node.get(key, []) or []:
+                    walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(toc)
+    root = Path(toc_path).resolve().parent
+    notebooks = [root / f"{name}.ipynb" for name in files]
+    return [nb for nb in notebooks if nb.exists()]
+
+
+def load_profile(profile: str, params_dir: str | os.PathLike = ROOT / "params") -> dict[str, Any]:
+    """Read ``params/<profile>.yaml``: ``defaults`` for every chapter, ``chapters.<name>`` for one."""
+    path = Path(params_dir) / f"{profile}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in Path(params_dir).glob("*.yaml"))
+        raise ValueError(f"no parameter profile {profile!r}: {path} does not exist (profiles: {known})")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - {"defaults", "chapters", "description"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected 'defaults' and 'chapters'")
+    data.setdefault("defaults", {})
+    data.setdefault("chapters", {})
+    return data
+
+
+def chapter_parameters(profile: dict[str, Any], chapter: str) -> dict[str, Any]:
+    """The parameters a profile sets for one chapter: its defaults, then the chapter's own values."""
+    params = dict(profile.get("defaults") or {})
+    params.update((profile.get("chapters") or {}).get(chapter) or {})
+    return params
+
+
+@dataclass
+class JobResult:
+    chapter: str
+    status: str
+    seconds: float
+    results: dict[str, Any]
+    error: str = ""
+
+
+def run_chapter(notebook: Path, out_dir: Path, parameters: dict[str, Any], *, timeout: int = 3600) -> JobResult:
+    """Execute one chapter with papermill; its results JSON lands beside the executed notebook."""
+    import papermill
+
+    chapter = notebook.stem
+    params = dict(parameters, results_dir=str(out_dir.resolve()))
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(out_dir / notebook.name),
+            parameters=params,
+            kernel_name="python3",
+            cwd=str(notebook.parent),
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
+    except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
+        return JobResult(chapter, "failed", time.perf_counter() - start, {}, str(err).strip().splitlines()[-1][:200])
+    seconds = time.perf_counter() - start
+    results_file = out_dir / f"{chapter}.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    return JobResult(chapter, "ok", seconds, results)
+
+
+def summarize(jobs: list[JobResult]) -> str:
+    """A plain-text table: chapter, status, wall time and the chapter's headline results."""
+    lines = [f"{'chapter':<32} {'status':<7} {'time':>8}  results"]
+    for job in jobs:
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in list(job.results.items())[:4])
+        lines.append(f"{job.chapter:<32} {job.status:<7} {job.seconds:>7.1f}s  {shown or job.error}")
+    ok = sum(job.status == "ok" for job in jobs)
+    lines.append(f"{ok} passed, {len(jobs) - ok} failed")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = json.dumps(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def reproduce(profile_name: str, *, chapters: list[str] | None = None, out_root: Path = ROOT / "runs") -> list[JobResult]:
+    profile = load_profile(profile_name)
+    out_dir = out_root / profile_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for notebook in toc_chapters():
+        if chapters and notebook.stem not in chapters:
+            continue
+        print(f"running {notebook.stem} ...", flush=True)
+        jobs.append(run_chapter(notebook, out_dir, chapter_parameters(profile, notebook.stem)))
+    atomic_write_json(out_dir / "summary.json", [job.__dict__ for job in jobs])
+    return jobs
+
+
+def strip_outputs(paths: list[Path]) -> list[Path]:
+    """Remove outputs and execution counts (our outputs policy: notebooks are committed stripped)."""
+    import nbformat
+
+    changed = []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        dirty = False
+        for cell in nb.cells:
+            if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+                cell.outputs, cell.execution_count, dirty = [], None, True
+        if dirty:
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+def book_check(out: Path = ROOT / "_build" / "check") -> int:
+    """Build the book without executing notebooks, warnings as errors (what ``make test`` runs)."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "_config.noexec.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
+    cmd = [jb, "build", str(ROOT), "--config", str(config_path), "--path-output", str(out), "-W", "--keep-going", "-q"]
+    print("book-check:", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=ROOT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clipmini.jobs", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("reproduce", help="run every chapter headless with a parameter profile")
+    rep.add_argument("--profile", default="cpu", help="params/<profile>.yaml (default: cpu)")
+    rep.add_argument("--chapter", action="append", help="only these chapters (notebook stems); repeatable")
+    sub.add_parser("book-check", help="build the book without executing it, warnings as errors")
+    strip = sub.add_parser("strip", help="strip outputs from notebooks (default: notebooks/*.ipynb)")
+    strip.add_argument("paths", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "book-check":
+        return book_check()
+    if args.command == "strip":
+        for path in strip_outputs(args.paths or sorted((ROOT / "notebooks").glob("*.ipynb"))):
+            print(f"stripped {path}")
+        return 0
+    jobs = reproduce(args.profile, chapters=args.chapter)
+    print(summarize(jobs))
+    return 0 if jobs and all(job.status == "ok" for job in jobs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""Real image-text pairs for GPU-scale runs: CSV/TSV files and WebDataset tar shards.
+
+Both loaders are IterableDatasets that split their samples by rank (DDP) and by DataLoader worker, apply
+`clip_transform` (or any transform) to the image, and yield `(image, caption)` with the caption a raw
+string: tokenize in the collate function, e.g. `collate=lambda b: (torch.stack([x for x, _ in b]),
+tokenizer([t for _, t in b]))`.
+
+A web-scale dataset always has broken samples. A missing file, an image that does not decode, an empty
+caption or a truncated shard is skipped and counted in a `SkipCounter` (shared by all workers), and
+reported with a warning at the end of the epoch: it never crashes a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing
+import os
+import tarfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .normalize import CLIP_MEAN, CLIP_STD
+
+__all__ = ["clip_transform", "SkipCounter", "SkippedSamplesWarning", "CsvImageText", "WebDatasetImageText"]
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CAPTION_EXTENSIONS = ("txt", "text", "caption")
+
+
+# --------------------------------------------------------------------------------- transforms
+def _to_rgb(image):
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def clip_transform(
+    image_size: int = 224,
+    train: bool = False,
+    *,
+    scale: tuple[float, float] = (0.9, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = False,
+) -> Callable:
+    """CLIP's preprocessing: PIL image -> float tensor [3, R, R], normalized with CLIP's mean and std.
+
+    Evaluation (`train=False`): bicubic resize of the short side to R, center crop R x R, RGB.
+    Training (`train=True`): a random crop covering `scale` of the area with aspect in `ratio`, resized
+    bicubically to R x R; the paper uses only this random square crop. `hflip` adds horizontal flips
+    (off by default: a flip turns "left of" into "right of" in the captions).
+    """
+    from torchvision import transforms as T
+
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int; got {image_size!r}")
+    if not (0 < scale[0] <= scale[1] <= 1):
+        raise ValueError(f"scale must satisfy 0 < min <= max <= 1; got {scale}")
+    if not (0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"ratio must satisfy 0 < min <= max; got {ratio}")
+    bicubic = T.InterpolationMode.BICUBIC
+    if train:
+        steps = [T.RandomResizedCrop(image_size, scale=scale, ratio=ratio, interpolation=bicubic)]
+        if hflip:
+            steps.append(T.RandomHorizontalFlip())
+    else:
+        steps = [T.Resize(image_size, interpolation=bicubic), T.CenterCrop(image_size)]
+    steps += [_to_rgb, T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)]
+    return T.Compose(steps)
+
+
+# --------------------------------------------------------------------------------- skipping
+class SkippedSamplesWarning(UserWarning):
+    """Some samples of an epoch were broken and left out."""
+
+
+class SkipCounter:
+    """Counts of skipped samples by reason, shared by all DataLoader workers of one dataset.
+
+    The counts live in shared memory created by the main process, so `report()` there sees what every
+    worker skipped. Each process also keeps its first few examples (key and error) for the message.
+    """
+
+    REASONS = ("missing_file", "undecodable_image", "bad_caption", "missing_image", "truncated_shard", "other")
+    MAX_EXAMPLES = 5
+
+    def __init__(self, name: str = "data"):
+        self.name = name
+        self._counts = multiprocessing.Array("q", len(self.REASONS) + 1)  # last slot: samples delivered
+        self.examples: list[tuple[str, str, str]] = []  # (reason, key, error), this process only
+
+    def skip(self, reason: str, key: str = "", error: BaseException | str | None = None) -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; choose from {self.REASONS}")
+        with self._counts.get_lock():
+            self._counts[self.REASONS.index(reason)] += 1
+        if len(self.examples) < self.MAX_EXAMPLES:
+            self.examples.append((reason, str(key), "" if error is None else f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)))
+
+    def ok(self) -> None:
+        with self._counts.get_lock():
+            self._counts[len(self.REASONS)] += 1
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Skipped samples per reason (reasons with zero included)."""
+        with self._counts.get_lock():
+            return {r: int(self._counts[i]) for i, r in enumerate(self.REASONS)}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def delivered(self) -> int:
+        with self._counts.get_lock():
+            return int(self._counts[len(self.REASONS)])
+
+    def reset(self) -> None:
+        with self._counts.get_lock():
+            for i in range(len(self.REASONS) + 1):
+                self._counts[i] = 0
+        self.examples.clear()
+
+    def report(self) -> str:
+        """One line: how many samples were skipped, why, and a few examples."""
+        counts = {r: n for r, n in self.counts.items() if n}
+        seen = self.delivered + sum(counts.values())
+        if not counts:
+            return f"{self.name}: no samples skipped ({self.delivered} delivered)"
+        parts = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in counts.items())
+        msg = f"{self.name}: skipped {sum(counts.values())} of {seen} samples ({parts})"
+        if self.examples:
+            msg += "; e.g. " + "; ".join(f"{k or '?'} [{r}] {e}".strip() for r, k, e in self.examples[:3])
+        return msg
+
+    def warn(self) -> None:
+        """Emit the report as a `SkippedSamplesWarning` if anything was skipped."""
+        if self.total:
+            warnings.warn(self.report(), SkippedSamplesWarning, stacklevel=2)
+
+
+def _valid_caption(raw: Any) -> str | None:
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip()
+    return text or None
+
+
+def _decode_image(data_or_path):
+    from PIL import Image
+
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
+    with Image.open(source) as im:
+        im.load()  # decode now, so a broken file fails here and not inside the transform
+        return _to_rgb(im) if im.mode != "RGB" else im.copy()
+
+
+def _shard(items: Sequence, rank: int, world_size: int) -> list:
+    """Items of this rank, then of this DataLoader worker."""
+    items = list(items)[rank::world_size]
+    info = get_worker_info()
+    if info is not None:
+        items = items[info.id :: info.num_workers]
+    return items
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if not (isinstance(rank, int) and isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
+        raise ValueError(f"need 0 <= rank < world_size; got rank={rank!r}, world_size={world_size!r}")
+
+
+# --------------------------------------------------------------------------------- CSV / TSV
+class CsvImageText(IterableDataset):
+    """Image paths and captions in a CSV or TSV file (open_clip's `--csv-img-key` format).
+
+    Paths are relative to the folder of the file unless absolute (or to `root` if given). The separator
+    defaults to a tab for `.tsv` files and to a comma otherwise. Rows are split by rank and by worker;
+    `shuffle=True` reshuffles them each epoch (`set_epoch`) with the same seed on every rank.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        transform: Callable | None = None,
+        image_key: str = "filepath",
+        caption_key: str = "title",
+        sep: str | None = None,
+        root: str | os.PathLike | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+        skips: SkipCounter | None = None,
+    ):
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"caption file not found: {path}")
+        _check_rank(rank, world_size)
+        if sep is None:
+            sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle, delimiter=sep)
+            header = reader.fieldnames or []
+            for key, what in ((image_key, "image_key"), (caption_key, "caption_key")):
+                if key not in header:
+                    raise ValueError(f"{path.name}: no column {key!r} for {what}; the columns are {header} (separator {sep!r})")
+            self.rows = [(row[image_key], row[caption_key]) for row in reader]
+        self.path, self.root = path, Path(root) if root is not None else path.parent
+        self.transform, self.rank, self.world_size = transform, rank, world_size
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.skips = skips if skips is not None else SkipCounter(path.name)
+
+    def __len__(self) -> int:
+        """Rows in the file (all ranks, broken ones included)."""
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        order = np.arange(len(self.rows))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
+        for i in _shard(order.tolist(), self.rank, self.world_size):
+            rel, raw_caption = self.rows[i]
+            caption = _valid_caption(raw_caption)
+            if caption is None:
+                self.skips.skip("bad_caption", f"row {i + 2}", f"caption {raw_caption!r}")
+                continue
+            if not rel:
+                self.skips.skip("missing_file", f"row {i + 2}", "empty path")
+                continue
+            file = Path(rel) if os.path.isabs(rel) else self.root / rel
+            if not file.is_file():
+                self.skips.skip("missing_file", str(rel), "no such file")
+                continue
+            try:
+                image = _decode_image(file)
+                image = self.transform(image) if self.transform is not None else image
+            except Exception as exc:  # noqa: BLE001 - any undecodable file is skipped, never fatal
+                self.skips.skip("undecodable_image", str(rel), exc)
+                continue
+            self.skips.ok()
+            yield image, caption
+        if get_worker_info() is None:
+            self.skips.warn()
+
+
+# --------------------------------------------------------------------------------- WebDataset
+class _RankSplitter:
+    """webdataset node splitter for an explicit (rank, world_size): every world_size-th shard."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self, src):
+        for i, item in enumerate(src):
+            if i % self.world_size == self.rank:
+                yield item
+
+
+class _ShardErrors:
+    """webdataset exception handler: count the error once per shard, then carry on with the next shard."""
+
+    def __init__(self, skips: SkipCounter, urls: Sequence[str]):
+        self.skips, self.urls, self.seen = skips, list(urls), set()
+
+    def __call__(self, exn: BaseException) -> bool:
+        text = " ".join(str(a) for a in getattr(exn, "args", ()))
+        shard = next((u for u in self.urls if u in text), "?")
+        truncated = isinstance(exn, (tarfile.TarError, EOFError)) or "unexpected end" in text.lower()
+        reason = "truncated_shard" if truncated else "other"
+        if (reason, shard) not in self.seen:  # a broken tar raises once per member read and once per stream
+            self.seen.add((reason, shard))
+            self.skips.skip(reason, shard, exn)
+        return True
+
+
+class WebDatasetImageText(IterableDataset):
+    """Samples from WebDataset tar shards: `<key>.jpg|png|webp` + `<key>.txt` per sample.
+
+    `urls` is a list of shard paths/URLs or a brace pattern ("shards/{000..009}.tar"). Shards are split
+    by rank, then by DataLoader worker; `shuffle_shards` reorders the shards each epoch (deterministic
+    from `seed` and `set_epoch`). Use at least as many shards as ranks x workers.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        transform: Callable | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_shards: bool = False,
+        seed: int = 0,
+        skips: SkipCounter | None = None,
+    ):
+        super().__init__()
+        import webdataset as wds
+
+        _check_rank(rank, world_size)
+        if isinstance(urls, (str, os.PathLike)):
+            self.urls = list(wds.shardlists.expand_urls(str(urls)))
+        else:
+            self.urls = [str(u) for u in urls]
+        if not self.urls:
+            raise ValueError("urls names no shard")
+        self.transform, self.rank, self.world_size = transform, rank, world_size
+        self.shuffle_shards, self.seed, self.epoch = shuffle_shards, seed, 0
+        self.skips = skips if skips is not None else SkipCounter("webdataset")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _pipeline(self):
+        import webdataset as wds
+
+        urls = list(self.urls)
+        if self.shuffle_shards:
+            urls = [urls[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(urls))]
+        return wds.WebDataset(
+            urls,
+            handler=_ShardErrors(self.skips, urls),
+            shardshuffle=False,
+            nodesplitter=_RankSplitter(self.rank, self.world_size),
+            workersplitter=wds.split_by_worker,
+            empty_check=False,
+        )
+
+    def __iter__(self):
+        for sample in self._pipeline():
+            key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+            image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+            caption_ext = next((e for e in CAPTION_EXTENSIONS if e in sample), None)
+            if image_ext is None:
+                self.skips.skip("missing_image", key, f"no image among {sorted(k for k in sample if not k.startswith('__'))}")
+                continue
+            caption = _valid_caption(sample[caption_ext]) if caption_ext is not None else None
+            if caption is None:
+                self.skips.skip("bad_caption", key, "missing, empty or not UTF-8 text")
+                continue
+            try:
+                image = _decode_image(sample[image_ext])
+                image = self.transform(image) if self.transform is not None else image
+            except Exception as exc:  # noqa: BLE001 - any undecodable image is skipped, never fatal
+                self.skips.skip("undecodable_image", key, exc)
+                continue
+            self.skips.ok()
+            yield image, caption
+        if get_worker_info() is None:
+            self.skips.warn()

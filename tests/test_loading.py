@@ -1,0 +1,277 @@
+"""Reading checkpoints: TorchScript archives, pickles, safetensors, bad files, and sha256 checks."""
+
+import hashlib
+import zipfile
+
+import pytest
+import torch
+from open_clip.model import CLIP as OpenClipCLIP
+from safetensors.torch import save_file
+
+import clipmini.model as clip_model
+from clipmini.model import (
+    KNOWN_CHECKPOINTS,
+    build_model,
+    create_model,
+    download_checkpoint,
+    load,
+    read_state_dict,
+    save,
+    sha256_file,
+)
+
+torch.set_num_threads(1)
+
+# A tiny open_clip model whose heads are 64 channels wide, as in OpenAI's models, so that the
+# configuration can be inferred from the shapes alone.
+VISION = dict(image_size=32, layers=2, width=64, patch_size=8, head_width=64)
+TEXT = dict(context_length=16, vocab_size=512, width=64, heads=1, layers=2)
+
+
+@pytest.fixture(scope="module")
+def oracle() -> OpenClipCLIP:
+    torch.manual_seed(0)
+    return OpenClipCLIP(32, VISION, TEXT, quick_gelu=True).eval()
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 32, 32, generator=g)
+    tokens = torch.randint(1, 510, (2, 16), generator=g)
+    tokens[0, 5], tokens[1, 9] = 511, 511  # EOT
+    tokens[0, 6:], tokens[1, 10:] = 0, 0
+    return images, tokens
+
+
+def assert_same_features(model, reference, inputs):
+    images, tokens = inputs
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), reference.encode_image(images), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.encode_text(tokens), reference.encode_text(tokens), rtol=1e-5, atol=1e-6)
+
+
+# ----- the three formats -----
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated; OpenAI ships it
+def test_torchscript_archive_loads(tmp_path, oracle, inputs):
+    # A real TorchScript archive like OpenAI's: the traced model plus the three scalar buffers.
+    torch.manual_seed(0)
+    traced_source = OpenClipCLIP(32, VISION, TEXT, quick_gelu=True).eval()
+    traced_source.load_state_dict(oracle.state_dict())
+    del traced_source.context_length, traced_source.vocab_size  # plain ints in open_clip
+    traced_source.register_buffer("input_resolution", torch.tensor(32))
+    traced_source.register_buffer("context_length", torch.tensor(16))
+    traced_source.register_buffer("vocab_size", torch.tensor(512))
+    with pytest.warns(torch.jit.TracerWarning):
+        archive = torch.jit.trace(traced_source, inputs, check_trace=False)
+    path = tmp_path / "ViT-tiny.pt"
+    archive.save(str(path))
+    assert any("/code/" in n for n in zipfile.ZipFile(path).namelist())
+    assert "input_resolution" in archive.state_dict()
+
+    model = load(path)
+    assert not model.training
+    assert model.config.vision.image_size == 32 and model.context_length == 16
+    assert set(model.state_dict()) == set(oracle.state_dict())
+    assert_same_features(model, oracle, inputs)
+
+
+def test_wrapped_pickle_with_module_prefix_loads(tmp_path, oracle, inputs):
+    state_dict = {"module." + k: v for k, v in oracle.state_dict().items()}
+    path = tmp_path / "epoch_3.pt"
+    torch.save({"epoch": 3, "name": "run", "state_dict": state_dict}, path)
+    assert_same_features(load(path), oracle, inputs)
+
+
+def test_plain_pickle_in_fp16_loads_as_fp32(tmp_path, oracle, inputs):
+    state_dict = {
+        k: v.half() if v.is_floating_point() and v.dim() >= 2 else v for k, v in oracle.state_dict().items()
+    }
+    path = tmp_path / "half.pt"
+    torch.save(state_dict, path)
+    model = load(path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    torch.testing.assert_close(model.text_projection, state_dict["text_projection"].float())
+
+
+def test_safetensors_loads(tmp_path, oracle, inputs):
+    path = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in oracle.state_dict().items()}, str(path))
+    assert_same_features(load(path), oracle, inputs)
+
+
+def test_save_keeps_the_config(tmp_path, inputs):
+    """tiny-vit's 32-channel heads cannot be read from shapes; `save` stores the config."""
+    torch.manual_seed(0)
+    model = create_model("tiny-vit").eval()
+    path = save(model, tmp_path / "sub" / "tiny.safetensors")
+    assert [p.name for p in path.parent.iterdir()] == ["tiny.safetensors"]  # no temp file left
+    loaded = load(path)
+    assert loaded.config == model.config and loaded.config.vision.heads == 2
+    state_dict, config = read_state_dict(path)
+    assert config == model.config and set(state_dict) == set(model.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    tokens = torch.randint(1, 1023, (2, 32))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), model.encode_image(images))
+        assert torch.equal(loaded.encode_text(tokens), model.encode_text(tokens))
+        # The shapes alone would give one 64-channel head, and different features.
+        inferred = build_model(state_dict).eval()
+        assert inferred.config.text.heads == 1
+        assert not torch.allclose(inferred.encode_text(tokens), model.encode_text(tokens), atol=1e-4)
+
+
+# ----- bad files and foreign weights -----
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize("fmt", ["pickle", "safetensors", "torchscript"])
+def test_truncated_file_raises(tmp_path, oracle, inputs, fmt):
+    path = tmp_path / f"model.{'safetensors' if fmt == 'safetensors' else 'pt'}"
+    if fmt == "pickle":
+        torch.save(oracle.state_dict(), path)
+    elif fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in oracle.state_dict().items()}, str(path))
+    else:
+        with pytest.warns(torch.jit.TracerWarning):
+            torch.jit.trace(oracle, inputs, check_trace=False).save(str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"could not read checkpoint .*model\..*truncated, corrupt"):
+        load(path)
+
+
+def test_garbage_file_raises(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("these are not weights")
+    with pytest.raises(ValueError, match="notes.pt.*truncated, corrupt or not a checkpoint"):
+        load(path)
+
+
+class Payload:  # an arbitrary object: weights_only=True must refuse to unpickle it
+    pass
+
+
+def test_pickle_with_arbitrary_objects_is_refused(tmp_path, oracle):
+    path = tmp_path / "risky.pt"
+    torch.save({"state_dict": oracle.state_dict(), "extra": Payload()}, path)
+    with pytest.raises(ValueError, match="risky.pt.*weights_only=True"):
+        load(path)
+
+
+def test_foreign_state_dict_raises(tmp_path):
+    foreign = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 2))
+    path = tmp_path / "resnet.pt"
+    torch.save(foreign.state_dict(), path)
+    with pytest.raises(ValueError, match="resnet.pt.*not an OpenAI-format CLIP state_dict.*text_projection"):
+        load(path)
+
+
+def test_non_tensor_values_raise(tmp_path, oracle):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({**oracle.state_dict(), "epoch": 3}, path)
+    with pytest.raises(ValueError, match="must be tensors.*epoch"):
+        load(path)
+
+
+def test_missing_unexpected_and_misshaped_keys_are_named(oracle):
+    base = oracle.state_dict()
+
+    missing = dict(base)
+    del missing["ln_final.bias"], missing["visual.ln_post.weight"]
+    with pytest.raises(ValueError, match="missing keys: ") as error:
+        build_model(missing)
+    assert "visual.ln_post.weight" in str(error.value) and "ln_final.bias" in str(error.value)
+    assert "unexpected" not in str(error.value) and "mis-shaped" not in str(error.value)
+
+    unexpected = {**base, "visual.head.weight": torch.zeros(3)}
+    with pytest.raises(ValueError, match=r"unexpected keys: visual\.head\.weight"):
+        build_model(unexpected)
+
+    misshaped = {**base, "ln_final.bias": torch.zeros(63)}
+    with pytest.raises(ValueError, match=r"mis-shaped keys: ln_final\.bias \[63\] \(expected \[64\]\)"):
+        build_model(misshaped)
+
+    # Many problems at once: the message shows the first few and the count.
+    many = {k: v for k, v in base.items() if not k.startswith("visual.transformer.resblocks.1.")}
+    with pytest.raises(ValueError, match=r"missing keys: .*\.\.\. \(12 in all\)"):
+        build_model(many, config=build_model(base).config)
+
+
+def test_missing_file_and_unknown_name():
+    with pytest.raises(FileNotFoundError, match="not a known checkpoint name.*ViT-B/32"):
+        load("no/such/file.pt")
+    with pytest.raises(ValueError, match="unknown checkpoint 'ViT-H/14'"):
+        download_checkpoint("ViT-H/14")
+
+
+# ----- known checkpoints, cache and sha256 -----
+
+
+def test_known_checkpoints_embed_their_sha256():
+    assert set(KNOWN_CHECKPOINTS) == {
+        "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"
+    }
+    for url, sha in KNOWN_CHECKPOINTS.values():
+        assert url.startswith("https://openaipublic.azureedge.net/clip/models/")
+        assert url.split("/")[-2] == sha and len(sha) == 64
+
+
+def test_sha256_file(tmp_path):
+    path = tmp_path / "blob.bin"
+    data = bytes(range(256)) * 5000
+    path.write_bytes(data)
+    assert sha256_file(path, chunk_size=4096) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def served_checkpoint(tmp_path, monkeypatch):
+    """A tiny model's checkpoint 'served' from a file:// URL under a known name."""
+    torch.manual_seed(0)
+    model = create_model("tiny-vit").eval()
+    source = save(model, tmp_path / "server" / "tiny-vit.safetensors")
+    entry = (source.as_uri(), sha256_file(source))
+    monkeypatch.setitem(KNOWN_CHECKPOINTS, "tiny-vit", entry)
+    return model, source, tmp_path / "cache"
+
+
+def test_download_verifies_and_caches(served_checkpoint, inputs):
+    model, source, cache = served_checkpoint
+    path = download_checkpoint("tiny-vit", cache)
+    assert path == cache / "tiny-vit.safetensors" and path.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in cache.iterdir()) == ["tiny-vit.safetensors"]
+    source.unlink()  # the cached copy is used from now on, with no download
+    loaded = load("tiny-vit", cache_dir=cache)
+    assert loaded.config == model.config
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), model.encode_image(images))
+
+
+def test_tampered_download_is_rejected(served_checkpoint):
+    _, source, cache = served_checkpoint
+    data = bytearray(source.read_bytes())
+    data[-1] ^= 0xFF
+    source.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch .*tampered"):
+        download_checkpoint("tiny-vit", cache)
+    assert list(cache.iterdir()) == []  # nothing half-written or unverified is kept
+
+
+def test_tampered_cache_is_downloaded_again(served_checkpoint):
+    _, source, cache = served_checkpoint
+    cache.mkdir()
+    cached = cache / "tiny-vit.safetensors"
+    cached.write_bytes(b"tampered")
+    with pytest.warns(UserWarning, match="does not match its sha256"):
+        path = download_checkpoint("tiny-vit", cache)
+    assert path.read_bytes() == source.read_bytes()
+
+
+def test_cache_dir_defaults_to_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIPMINI_CACHE", str(tmp_path / "c"))
+    assert clip_model.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("CLIPMINI_CACHE")
+    assert clip_model.default_cache_dir().parts[-2:] == (".cache", "clipmini")

@@ -1,0 +1,320 @@
+"""The training loop: accumulation = large batch, the schedule, weight-decay groups, the clamp,
+non-finite steps, mixed precision, and learning on the caption world."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import clipmini.train as train_module
+from clipmini.checkpoint import latest_checkpoint, verify_checkpoint
+from clipmini.model import CLIP
+from clipmini.schedule import CosineSchedule, cosine_lr
+from clipmini.train import (
+    ContrastiveModel,
+    TrainConfig,
+    compute_gradients,
+    make_optimizer,
+    make_schedule,
+    train,
+    train_step,
+)
+
+torch.set_num_threads(1)
+
+# A tiny-vit cut down further: the loop's logic does not need depth.
+SMALL = {"vision": {"layers": 1}, "text": {"layers": 1}}
+
+
+def synthetic_batch(config: TrainConfig, batch: int, seed: int = 0):
+    """Random images and random token rows shaped like real ones (SOT ... EOT, zero padding)."""
+    clip = config.clip_config()
+    g = torch.Generator().manual_seed(seed)
+    R, L, V = clip.vision.image_size, clip.text.context_length, clip.text.vocab_size
+    images = torch.randn(batch, 3, R, R, generator=g)  # [B, 3, R, R]
+    tokens = torch.zeros(batch, L, dtype=torch.long)  # [B, L]
+    lengths = torch.randint(3, L - 1, (batch,), generator=g)
+    for i, n in enumerate(lengths.tolist()):
+        tokens[i, 0] = V - 2
+        tokens[i, 1 : n - 1] = torch.randint(0, V - 2, (n - 2,), generator=g)
+        tokens[i, n - 1] = V - 1
+    return images, tokens
+
+
+def fresh_model(config: TrainConfig, seed: int = 0) -> CLIP:
+    torch.manual_seed(seed)
+    return CLIP(config.clip_config())
+
+
+# ----------------------------------------------------------------------------------------------
+# the schedule
+
+
+def test_schedule_warmup_then_cosine():
+    s = CosineSchedule(base_lr=1.0, warmup_steps=10, total_steps=110)
+    assert s(0) == pytest.approx(0.1)  # the first step already moves
+    assert s(4) == pytest.approx(0.5)
+    assert s(9) == pytest.approx(1.0)  # warmup ends at the peak
+    assert s(10) == pytest.approx(1.0)  # cosine starts at the peak
+    assert s(60) == pytest.approx(0.5)  # half way through the decay
+    assert s(35) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert s(110) == pytest.approx(0.0, abs=1e-12)
+    lrs = [s(i) for i in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone decay
+    assert cosine_lr(5, base_lr=2.0, warmup_steps=0, total_steps=10) == pytest.approx(1.0)
+    assert CosineSchedule(base_lr=1.0, warmup_steps=10, total_steps=5)(12) == 1.0  # no decay phase: hold the peak
+
+
+def test_make_schedule_sets_every_group():
+    config = TrainConfig(lr=3e-3, warmup_steps=4, steps=20)
+    optimizer = make_optimizer(ContrastiveModel(fresh_model(TrainConfig(model_overrides=SMALL))), config)
+    schedule = make_schedule(config)
+    assert schedule.apply(optimizer, 1) == pytest.approx(3e-3 * 2 / 4)
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(1.5e-3)] * 2
+    assert CosineSchedule.from_state_dict(schedule.state_dict()) == schedule
+
+
+# ----------------------------------------------------------------------------------------------
+# the optimizer's groups
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+def test_no_weight_decay_on_gains_biases_and_logit_scale(name):
+    config = TrainConfig(model=name, weight_decay=0.2)
+    model = ContrastiveModel(fresh_model(config))
+    optimizer = make_optimizer(model, config)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["decay"]["weight_decay"] == 0.2 and groups["no_decay"]["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in groups["decay"]["params"]}
+    exempt = {names[id(p)] for p in groups["no_decay"]["params"]}
+    assert decayed | exempt == set(names.values()) and not decayed & exempt
+    assert "clip.logit_scale" in exempt
+    assert all(model.get_parameter(n).ndim <= 1 for n in exempt)
+    assert all(model.get_parameter(n).ndim >= 2 for n in decayed)
+    # the kinds the paper names: norms' gains, biases
+    assert any(n.endswith("ln_final.weight") for n in exempt) and any(n.endswith(".bias") for n in exempt)
+    assert any(n.endswith("token_embedding.weight") for n in decayed)
+    if name == "tiny-rn":
+        assert any(n.endswith("bn1.weight") for n in exempt)
+
+
+def test_fixed_tau_is_neither_trained_nor_clamped():
+    from clipmini.temperature import fix_temperature
+
+    config = TrainConfig(model_overrides=SMALL, fixed_tau=0.005, lr=0.1, warmup_steps=0)
+    model = fix_temperature(fresh_model(config), 0.005)
+    optimizer = make_optimizer(ContrastiveModel(model), config)
+    images, tokens = synthetic_batch(config, 16)
+    train_step(model, images, tokens, optimizer, config)
+    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.005))  # above the clamp: untouched
+
+
+# ----------------------------------------------------------------------------------------------
+# contrastive gradient accumulation
+
+
+def _gradients(config: TrainConfig, images, tokens, ids=None) -> dict[str, torch.Tensor]:
+    model = ContrastiveModel(fresh_model(config))
+    loss = compute_gradients(model, images, tokens, config, caption_ids=ids)
+    assert torch.isfinite(loss)
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, loss
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_accumulation_equals_the_large_batch(loss):
+    big = TrainConfig(model_overrides=SMALL, batch_size=24, loss=loss)
+    accumulated = TrainConfig(model_overrides=SMALL, batch_size=24, micro_batch=6, loss=loss)
+    images, tokens = synthetic_batch(big, 24)
+    ids = torch.tensor([i % 9 for i in range(24)]) if loss == "clip" else None  # repeated captions
+    if loss == "siglip":  # the SigLIP head has parameters of its own: the same init in both runs
+        from clipmini.temperature import SigLIPHead
+
+        def with_head(config):
+            model = ContrastiveModel(fresh_model(config), SigLIPHead())
+            value = compute_gradients(model, images, tokens, config)
+            return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, value
+
+        (g_big, l_big), (g_acc, l_acc) = with_head(big), with_head(accumulated)
+    else:
+        (g_big, l_big), (g_acc, l_acc) = _gradients(big, images, tokens, ids), _gradients(accumulated, images, tokens, ids)
+    assert torch.allclose(l_big, l_acc, rtol=1e-6)
+    assert g_big.keys() == g_acc.keys() and len(g_big) > 10
+    for name in g_big:
+        a, b = g_big[name], g_acc[name]
+        assert a.abs().max() > 0, name  # every parameter takes part
+        err = (a - b).norm() / a.norm()
+        assert err < 1e-5, f"{name}: relative gradient error {err:.2e}"
+
+
+def test_gradient_checkpointing_changes_no_gradient():
+    config = TrainConfig(model_overrides={"vision": {"layers": 2}, "text": {"layers": 2}}, batch_size=12, micro_batch=4)
+    images, tokens = synthetic_batch(config, 12)
+    plain, _ = _gradients(config, images, tokens)
+    model = fresh_model(config)
+    model.set_grad_checkpointing(True)
+    module = ContrastiveModel(model)
+    compute_gradients(module, images, tokens, config)
+    for name, p in module.named_parameters():
+        assert torch.allclose(p.grad, plain[name], rtol=1e-5, atol=1e-8), name
+
+
+def test_accumulation_does_not_count_batchnorm_statistics_twice():
+    config = TrainConfig(model="tiny-rn", model_overrides={"text": {"layers": 1}}, batch_size=16, micro_batch=8)
+    images, tokens = synthetic_batch(config, 16)
+    model = fresh_model(config)
+    compute_gradients(model, images, tokens, config)
+    bn = model.visual.bn1
+    assert bn.num_batches_tracked.item() == 2  # one update per micro-batch (the no-grad pass left none)
+
+
+# ----------------------------------------------------------------------------------------------
+# the temperature clamp, mixed precision
+
+
+def test_clamp_holds_with_a_large_lr():
+    config = TrainConfig(model_overrides=SMALL, lr=1.0, warmup_steps=0, grad_clip=None, weight_decay=0.0)
+    model = fresh_model(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(9.0)  # far above ln 100; Adam's first step moves it by about lr = 1
+    optimizer = make_optimizer(ContrastiveModel(model), config)
+    values = []
+    for step in range(4):
+        images, tokens = synthetic_batch(config, 16, seed=step)
+        out = train_step(model, images, tokens, optimizer, config, step=step)
+        assert not out.skipped
+        values.append(model.logit_scale.item())
+    assert values[0] == pytest.approx(math.log(100.0), abs=1e-6)  # clamped right after the step
+    assert all(0.0 <= v <= math.log(100.0) + 1e-6 for v in values)
+
+
+def test_bf16_autocast_step_runs_on_cpu():
+    config = TrainConfig(model_overrides=SMALL, precision="bf16", lr=1e-3, warmup_steps=0, micro_batch=8, batch_size=16)
+    model = fresh_model(config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = make_optimizer(ContrastiveModel(model), config)
+    images, tokens = synthetic_batch(config, 16)
+    out = train_step(model, images, tokens, optimizer, config)
+    assert math.isfinite(out.loss) and not out.skipped and out.loss > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a cast of the weights
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)
+
+
+def test_fp16_needs_cuda():
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        TrainConfig(precision="fp16", device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite steps
+
+
+def test_nonfinite_gradient_is_skipped_or_stops():
+    config = TrainConfig(model_overrides=SMALL, lr=1e-3, warmup_steps=0)
+    model = fresh_model(config)
+    optimizer = make_optimizer(ContrastiveModel(model), config)
+    images, tokens = synthetic_batch(config, 8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hook = model.visual.proj.register_hook(lambda grad: grad * math.inf)  # an overflow in backward
+    out = train_step(model, images, tokens, optimizer, config, step=7)
+    assert out.skipped and not math.isfinite(out.grad_norm)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing moved
+    assert not optimizer.state  # and Adam's moments never saw the bad gradient
+    stop = TrainConfig(model_overrides=SMALL, lr=1e-3, warmup_steps=0, on_nonfinite="stop")
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step 7 .*lr"):
+        train_step(model, images, tokens, optimizer, stop, step=7)
+    hook.remove()
+    assert not train_step(model, images, tokens, optimizer, config, step=8).skipped
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole loop on the caption world
+
+WORLD_RUN = dict(model_overrides=SMALL, batch_size=32, eval_tasks=[], progress=False, log_every=1, threads=1)
+
+
+# Label captions of lone flat objects: a world a 1-layer CLIP learns within 30 steps of 32.
+PLAIN_WORLD = {"caption_style": "label", "domains": ["flat"], "count_rate": 0.0, "relation_rate": 0.0, "max_objects": 1}
+
+
+def test_loss_decreases_on_the_world(tmp_path):
+    config = TrainConfig(**WORLD_RUN, world=PLAIN_WORLD, steps=30, lr=2e-3, warmup_steps=3, out_dir=str(tmp_path / "run"))
+    result = train(config)
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 1.0 and last < math.log(32) - 1.0, (first, last)  # ln(32) = 3.47 is chance
+    assert result.metrics["nonfinite_skips"] == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 30 and '"samples_per_s"' in lines[0]
+    assert not result.model.training  # handed back ready for inference
+
+
+def _poison_third_loss(monkeypatch):
+    """Make the loss of the third optimizer step (index 2) NaN, as an overflow would."""
+    real = train_module._contrastive_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * math.nan if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module, "_contrastive_loss", poisoned)
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
+    _poison_third_loss(monkeypatch)
+    result = train(TrainConfig(**WORLD_RUN, steps=4, out_dir=str(tmp_path / "run"), on_nonfinite="skip"))
+    assert result.metrics["nonfinite_skips"] == 1
+    skipped = [r for r in result.history if r.get("skipped")]
+    assert [r["step"] for r in skipped] == [3] and skipped[0]["nonfinite_skips"] == 1
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    _poison_third_loss(monkeypatch)
+    out = tmp_path / "run"
+    config = TrainConfig(**WORLD_RUN, steps=4, out_dir=str(out), on_nonfinite="stop", checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 2 .*lr.*ckpt-000002 is intact"):
+        train(config)
+    last = latest_checkpoint(out)
+    assert last is not None and last.name == "ckpt-000002"
+    verify_checkpoint(last)
+
+
+def _write_csv_dataset(folder, n: int = 20):
+    """n small PNGs of colored squares and a CSV of (filepath, title), as a real dataset would have."""
+    from PIL import Image
+
+    colors = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 60, 220), "yellow": (240, 220, 20)}
+    rows = ["filepath,title"]
+    for i in range(n):
+        name = list(colors)[i % 4]
+        image = Image.new("RGB", (40, 36), (250, 250, 250))
+        image.paste(colors[name], (4 + i % 7, 4 + i % 5, 24 + i % 7, 24 + i % 5))
+        image.save(folder / f"{i}.png")
+        rows.append(f"{i}.png,a photo of a {name} square")
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.csv"
+
+
+def test_trains_on_a_csv_and_resumes_exactly(tmp_path):
+    csv = _write_csv_dataset(tmp_path)
+    run = dict(
+        model_overrides={"vision": {"layers": 1}, "text": {"layers": 1, "vocab_size": 49408, "context_length": 77}},
+        data="csv", train_data=str(csv), tokenizer="openai", batch_size=8, steps=5, warmup_steps=1,
+        eval_tasks=["shape"], progress=False, log_every=1, data_workers=0, threads=1,
+    )
+    straight = train(TrainConfig(**run, out_dir=str(tmp_path / "a")))  # 2 batches an epoch: 3 epochs
+    assert [r["step"] for r in straight.history] == [1, 2, 3, 4, 5] and straight.metrics["eval"] == {}
+    train(TrainConfig(**run, out_dir=str(tmp_path / "b"), checkpoint_every=3, keep_checkpoints=5))
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "ckpt-000005")
+    resumed = train(TrainConfig(**run, out_dir=str(tmp_path / "b"), resume=True))
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name

@@ -484,12 +484,15 @@ class Tokenizer:
         *,
         min_frequency: int = 2,  # a pair seen once is memorising one word, not learning a piece
         cache_size: int = 100_000,
+        allow_smaller: bool = False,  # True: stop early when the texts support fewer merges
     ) -> "Tokenizer":
         """Learn ``vocab_size - 514`` merges on ``texts`` (cleaned and pre-tokenized like OpenAI's).
 
         Each step merges the most frequent adjacent pair (ties: the alphabetically first), counted
         over a word-frequency table and updated incrementally. ``.merges`` and ``.merge_counts``
-        keep the history in order.
+        keep the history in order. A small corpus may support fewer merges than asked: that raises,
+        unless ``allow_smaller`` takes every merge it supports (``.vocab_size`` is then smaller; a model
+        with a larger vocabulary simply never sees its extra ids).
         """
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
             raise TypeError(f"vocab_size must be an int; got {type(vocab_size).__name__} {vocab_size!r}")
@@ -511,7 +514,7 @@ class Tokenizer:
             {_to_byte_chars(piece): count for piece, count in piece_counts.items() if piece not in (SOT_TEXT, EOT_TEXT)}
         )
 
-        merges, counts = _learn_merges(word_counts, vocab_size - 514, min_frequency)
+        merges, counts = _learn_merges(word_counts, vocab_size - 514, min_frequency, allow_smaller=allow_smaller)
         return cls(merges, name="trained", merge_counts=counts, cache_size=cache_size)
 
     # -- files ------------------------------------------------------------------------------
@@ -582,7 +585,7 @@ class Tokenizer:
 
 
 def _learn_merges(
-    word_counts: Counter[str], num_merges: int, min_frequency: int
+    word_counts: Counter[str], num_merges: int, min_frequency: int, *, allow_smaller: bool = False
 ) -> tuple[list[tuple[str, str]], list[int]]:
     """BPE on a word-frequency table. Pair counts and the words holding each pair are updated
     incrementally; a max-heap with lazy deletion finds the next pair."""
@@ -611,6 +614,8 @@ def _learn_merges(
         else:
             current = 0
         if current < min_frequency:
+            if allow_smaller:
+                break
             raise ValueError(
                 f"the texts support only {len(merges)} merges with min_frequency={min_frequency} "
                 f"(vocab_size {514 + len(merges)}), not the {num_merges} needed for vocab_size {514 + num_merges}; "

@@ -465,16 +465,9 @@ def make_tokenizer(config: TrainConfig, world=None):
     vocab_size = config.clip_config().text.vocab_size
     key = (json.dumps(world.config.to_dict(), sort_keys=True), vocab_size)
     if key not in _WORLD_TOKENIZERS:  # the same world and size always train the same BPE: once per process
-        corpus = _world_corpus(world)
-        try:
-            tokenizer = Tokenizer.train(corpus, vocab_size)
-        except ValueError as err:
-            # A plain world (e.g. caption_style="label") has too few distinct words for vocab_size ids:
-            # take every merge its captions support; the model's extra embedding rows stay unused.
-            match = re.search(r"support only (\d+) merges", str(err))
-            if match is None:
-                raise
-            tokenizer = Tokenizer.train(corpus, 514 + int(match.group(1)))
+        # A plain world (e.g. caption_style="label") has too few distinct words for vocab_size ids:
+        # take every merge its captions support; the model's extra embedding rows stay unused.
+        tokenizer = Tokenizer.train(_world_corpus(world), vocab_size, allow_smaller=True)
         _WORLD_TOKENIZERS[key] = tokenizer
     return _WORLD_TOKENIZERS[key]
 

@@ -18,7 +18,8 @@ from clipmini import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-PARAM_LINE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*): (?P<type>[A-Za-z_][\w\[\], |]*) = (?P<value>.+?)\s+# \S.*$")
+# papermill's parser splits on "=", so a help comment must not hold one
+PARAM_LINE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*): (?P<type>[A-Za-z_][\w\[\], |]*) = (?P<value>[^=#]+?)\s+# [^=]+$")
 REQUIRED_PARAMETERS = {"device", "seed", "results_dir"}
 
 

@@ -580,3 +580,13 @@ def test_load_rejects_corrupt_and_foreign_files(tmp_path):
         with pytest.raises(ValueError, match=message) as info:
             Tokenizer.load(path)
         assert str(path) in str(info.value)
+
+
+def test_train_allow_smaller_takes_every_supported_merge():
+    texts = ["a red circle", "a blue square"] * 20
+    with pytest.raises(ValueError, match="support only"):
+        Tokenizer.train(texts, 1024)
+    small = Tokenizer.train(texts, 1024, allow_smaller=True)
+    assert 514 < small.vocab_size < 1024
+    assert small.eot_token_id == small.vocab_size - 1
+    assert small.decode(small.encode("a red square")) == "a red square "

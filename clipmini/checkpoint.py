@@ -18,13 +18,11 @@ folder whose manifest checks out.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fileio import atomic_write_json, fsync_dir, sha256_file
+from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 
 __all__ = [
     "CheckpointError",
@@ -79,20 +77,9 @@ def _to_storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict | None = None) -> None:
     """safetensors' own writer into a temporary file beside `path`, fsync, then rename over `path`."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(_to_storable(tensors), tmp, metadata=metadata)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    atomic_write_bytes(path, safetensors_bytes(_to_storable(tensors), metadata=metadata))
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -39,10 +39,10 @@ def save_results(chapter: str, results: dict[str, Any], results_dir: str | os.Pa
     return path
 
 
-def toc_chapters(toc_path: str | os.PathLike = ROOT / "_toc.yml") -> list[Path]:
-    """The notebooks listed in ``_toc.yml``, in book order (prose pages are skipped)."""
+def toc_files(toc_path: str | os.PathLike = ROOT / "_toc.yml") -> list[str]:
+    """Every page of ``_toc.yml`` (the root first), as written there: paths without extensions."""
     toc = yaml.safe_load(Path(toc_path).read_text())
-    files: list[str] = []
+    files: list[str] = [toc["root"]]
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
@@ -51,13 +51,15 @@ def toc_chapters(toc_path: str | os.PathLike = ROOT / "_toc.yml") -> list[Path]:
             for key in ("parts", "chapters", "sections"):
                 for child in node.get(key, []) or []:
                     walk(child)
-        elif isinstance(node, list):
-            for child in node:
-                walk(child)
 
     walk(toc)
+    return files
+
+
+def toc_chapters(toc_path: str | os.PathLike = ROOT / "_toc.yml") -> list[Path]:
+    """The notebooks listed in ``_toc.yml``, in book order (prose pages are skipped)."""
     root = Path(toc_path).resolve().parent
-    notebooks = [root / f"{name}.ipynb" for name in files]
+    notebooks = [root / f"{name}.ipynb" for name in toc_files(toc_path)]
     return [nb for nb in notebooks if nb.exists()]
 
 

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import urllib.parse
 import urllib.request
 import warnings
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig, TextConfig, VisionConfig, get_config
+from .fileio import atomic_open, atomic_write_bytes, sha256_file
 from .towers import LayerNorm, Transformer, build_vision_tower
 
 __all__ = [
@@ -440,7 +440,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
 
 def save(model: CLIP, path: str | os.PathLike) -> Path:
     """Write `model`'s weights and config to a `.safetensors` file, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     if not isinstance(model, CLIP):
         raise TypeError(f"save expects a clipmini CLIP (its config is stored too); got {type(model).__name__}")
@@ -448,16 +448,7 @@ def save(model: CLIP, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {_CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
     return path
 
 
@@ -488,15 +479,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CLIPMINI_CACHE") or Path.home() / ".cache" / "clipmini")
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """The hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """The path of a known checkpoint in the cache, downloaded (atomically, sha256-checked) if needed."""
     if name not in KNOWN_CHECKPOINTS:
@@ -509,24 +491,16 @@ def download_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) -
         if sha256_file(target) == expected_sha:
             return target
         warnings.warn(f"{target} does not match its sha256 {expected_sha}; downloading it again", stacklevel=2)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=cache)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if digest.hexdigest() != expected_sha:
+    digest = hashlib.sha256()
+    with atomic_open(target, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            digest.update(chunk)
+            out.write(chunk)
+        if digest.hexdigest() != expected_sha:  # raising here discards the temporary file
             raise ValueError(
                 f"sha256 mismatch for {url}: expected {expected_sha}, got {digest.hexdigest()}; "
                 "the download is corrupt or was tampered with, and was not kept"
             )
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 

@@ -223,7 +223,7 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "blob.bin"
     data = bytes(range(256)) * 5000
     path.write_bytes(data)
-    assert sha256_file(path, chunk_size=4096) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(path, chunk=4096) == hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

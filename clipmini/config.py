@@ -132,6 +132,11 @@ class TextConfig:
         owner = "TextConfig"
         for name in ("context_length", "vocab_size", "width", "layers", "head_width"):
             _check_positive_int(owner, name, getattr(self, name))
+        if self.context_length < 2:
+            raise ValueError(
+                f"{owner}.context_length must be >= 2 (room for <|startoftext|> and <|endoftext|>); "
+                f"got {self.context_length}"
+            )
         if self.width % self.head_width:
             raise ValueError(f"{owner}.head_width={self.head_width} must divide width={self.width}")
 

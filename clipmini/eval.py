@@ -148,6 +148,8 @@ def _check_features(name: str, x: object) -> Tensor:
         raise TypeError(f"{name} must be floating point; got {x.dtype}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values; check the encoder and its inputs")
     return x
 
 

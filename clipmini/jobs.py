@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import shutil
@@ -70,12 +71,61 @@ def load_profile(profile: str, params_dir: str | os.PathLike = ROOT / "params") 
         known = sorted(p.stem for p in Path(params_dir).glob("*.yaml"))
         raise ValueError(f"no parameter profile {profile!r}: {path} does not exist (profiles: {known})")
     data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise TypeError(f"{path} must hold a mapping with 'defaults' and 'chapters'; got a {type(data).__name__}")
     unknown = set(data) - {"defaults", "chapters", "description"}
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected 'defaults' and 'chapters'")
-    data.setdefault("defaults", {})
-    data.setdefault("chapters", {})
+    data["defaults"] = data.get("defaults") or {}
+    data["chapters"] = data.get("chapters") or {}
+    if not isinstance(data["defaults"], dict):
+        raise TypeError(f"{path}: 'defaults' must map parameter names to values; got a {type(data['defaults']).__name__}")
+    if not isinstance(data["chapters"], dict):
+        raise TypeError(f"{path}: 'chapters' must map chapter names to their parameters; got a {type(data['chapters']).__name__}")
+    for chapter, params in data["chapters"].items():
+        if not isinstance(params or {}, dict):
+            raise TypeError(f"{path}: chapters.{chapter} must map parameter names to values; got a {type(params).__name__}")
     return data
+
+
+# papermill's name for a parameter's annotation -> the Python values it accepts (bool is no number here)
+_PARAMETER_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
+
+
+def check_parameters(notebook: str | os.PathLike, parameters: dict[str, Any]) -> None:
+    """Raise if `parameters` names a parameter the chapter's `parameters` cell does not declare, or has the wrong type.
+
+    papermill itself only warns about an unknown name and injects any value, so a typo in a profile would run
+    a chapter for an hour with its default instead.
+    """
+    import papermill
+
+    notebook = Path(notebook)
+    declared = papermill.inspect_notebook(str(notebook))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(str(name), list(declared), n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{notebook.stem} has no parameter {', '.join(hints)}; its parameters are {', '.join(declared)}")
+    for name, value in parameters.items():
+        annotation = str(declared[name].get("inferred_type_name") or "").replace(" ", "")  # e.g. "int", "str|None"
+        allowed = _PARAMETER_TYPES.get(annotation.removesuffix("|None").split("[")[0])
+        if allowed is None or (value is None and annotation.endswith("|None")):
+            continue  # an annotation we do not check, or an optional left empty
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise TypeError(f"{notebook.stem}: parameter {name!r} must be {annotation}; got {type(value).__name__} {value!r}")
+
+
+def check_profile(profile: dict[str, Any], notebooks: list[Path]) -> None:
+    """Check a loaded profile against the chapters it will run, before any of them starts."""
+    stems = {Path(nb).stem: Path(nb) for nb in notebooks}
+    unknown = sorted(set(profile.get("chapters") or {}) - set(stems))
+    if unknown:
+        raise ValueError(f"the profile sets parameters for chapters that are not in the book: {unknown}; the chapters are {sorted(stems)}")
+    for stem, notebook in stems.items():
+        check_parameters(notebook, chapter_parameters(profile, stem))
 
 
 def chapter_parameters(profile: dict[str, Any], chapter: str) -> dict[str, Any]:
@@ -139,10 +189,12 @@ def _short(value: Any) -> str:
 
 def reproduce(profile_name: str, *, chapters: list[str] | None = None, out_root: Path = ROOT / "runs") -> list[JobResult]:
     profile = load_profile(profile_name)
+    notebooks = toc_chapters()
+    check_profile(profile, notebooks)  # a typo fails now, not after hours of other chapters
     out_dir = out_root / profile_name
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for notebook in toc_chapters():
+    for notebook in notebooks:
         if chapters and notebook.stem not in chapters:
             continue
         print(f"running {notebook.stem} ...", flush=True)

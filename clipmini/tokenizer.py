@@ -417,6 +417,8 @@ class Tokenizer:
         """
         texts = _as_text_list(texts)
         context_length = _check_context_length(context_length)
+        if not isinstance(truncate, (bool, np.bool_)):  # a string such as "false" would be truthy
+            raise TypeError(f"truncate must be True or False; got {type(truncate).__name__} {truncate!r}")
         sot, eot, keep = self.sot_token_id, self.eot_token_id, context_length - 2
         encode_cleaned = self._encode_cleaned
         flat: list[int] = []

@@ -151,6 +151,10 @@ def _valid_caption(raw: Any) -> str | None:
             return None
     if not isinstance(raw, str):
         return None
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes read with surrogateescape
+        return None
     text = raw.strip()
     return text or None
 
@@ -209,7 +213,8 @@ class CsvImageText(IterableDataset):
         _check_rank(rank, world_size)
         if sep is None:
             sep = "\t" if path.suffix.lower() == ".tsv" else ","
-        with open(path, newline="", encoding="utf-8") as handle:
+        # a row that is not UTF-8 keeps its bytes as surrogates: such a caption is skipped and counted
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
             reader = csv.DictReader(handle, delimiter=sep)
             header = reader.fieldnames or []
             for key, what in ((image_key, "image_key"), (caption_key, "caption_key")):
@@ -287,6 +292,55 @@ class _ShardErrors:
         return True
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile ends an archive quietly at a corrupt, cut or missing header; this raises instead."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            raise  # a block of zeros: tar's own end-of-archive marker
+        except tarfile.HeaderError as err:
+            raise tarfile.ReadError(f"bad tar header at byte {tar.offset} ({err}): the rest of the shard is lost") from None
+
+
+def _tar_damage(url: str) -> str | None:
+    """Why a local tar shard cannot be read to its end-of-archive marker, or None if it can (or is remote)."""
+    path = Path(url[len("file:"):] if url.startswith("file:") else url)
+    if not path.is_file():
+        return None  # pipe:, http: ... shards are only checked as they stream
+    try:
+        with tarfile.open(path, "r:*", tarinfo=_StrictTarInfo) as tar:
+            for _ in tar:  # headers only: the data are skipped by seeking
+                pass
+    except (tarfile.TarError, EOFError, OSError) as err:  # EOFError: a cut compressed shard
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+class _CheckedWorkerSplit:
+    """webdataset worker splitter that first walks each of this worker's shards' tar headers.
+
+    Reading a tar, webdataset (via tarfile) stops without an error at a corrupt header or at a cut that
+    falls between two members; the walk notices, so the samples lost there are counted, not silently dropped.
+    """
+
+    def __init__(self, errors: _ShardErrors):
+        self.errors = errors
+
+    def __call__(self, src):
+        import webdataset as wds
+
+        for item in wds.split_by_worker(src):
+            url = str(item["url"] if isinstance(item, dict) else item)
+            problem = _tar_damage(url)
+            if problem is not None and ("truncated_shard", url) not in self.errors.seen:
+                self.errors.seen.add(("truncated_shard", url))
+                self.errors.skips.skip("truncated_shard", url, problem)
+            yield item  # the samples before the damage are still read
+
+
 class WebDatasetImageText(IterableDataset):
     """Samples from WebDataset tar shards: `<key>.jpg|png|webp` + `<key>.txt` per sample.
 
@@ -329,12 +383,13 @@ class WebDatasetImageText(IterableDataset):
         urls = list(self.urls)
         if self.shuffle_shards:
             urls = [urls[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(urls))]
+        errors = _ShardErrors(self.skips, urls)
         return wds.WebDataset(
             urls,
-            handler=_ShardErrors(self.skips, urls),
+            handler=errors,
             shardshuffle=False,
             nodesplitter=_RankSplitter(self.rank, self.world_size),
-            workersplitter=wds.split_by_worker,
+            workersplitter=_CheckedWorkerSplit(errors),
             empty_check=False,
         )
 

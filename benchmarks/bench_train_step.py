@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -118,13 +117,11 @@ def bench_one(name: str, precision: str, batch: int, reps: int, steps: int, warm
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    try:  # run as `python -m benchmarks.bench_train_step` or as a script
+        from benchmarks.common import cpu_model
+    except ImportError:
+        from common import cpu_model
+    return cpu_model()
 
 
 def write_json_merged(path: Path, results: dict) -> None:

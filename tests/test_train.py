@@ -112,6 +112,43 @@ def test_fixed_tau_is_neither_trained_nor_clamped():
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.005))  # above the clamp: untouched
 
 
+@pytest.mark.parametrize("direction", ["image", "text"])
+def test_loss_direction_trains_one_direction_of_the_loss(direction):
+    from clipmini.losses import clip_loss
+
+    config = TrainConfig(model_overrides=SMALL, loss_direction=direction)
+    images, tokens = synthetic_batch(config, 12)
+    model = fresh_model(config)
+    loss = compute_gradients(ContrastiveModel(model), images, tokens, config)
+    with torch.no_grad():
+        image_features = model.encode_image(images, normalize=True)
+        text_features = model.encode_text(tokens, normalize=True)
+        scale = model.logit_scale.exp()
+        expected = clip_loss(image_features, text_features, scale, direction=direction)
+        both = clip_loss(image_features, text_features, scale)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(loss.item() - both.item()) > 1e-4  # a different loss from the symmetric one
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"loss": "siglip", "loss_direction": "image"}, "'loss_direction' applies to loss='clip' only"),
+        ({"loss_direction": "rows"}, "loss_direction"),
+        ({"weight_decay": float("inf")}, "'weight_decay' must be a finite number >= 0"),
+    ],
+)
+def test_bad_objective_values_are_named(values, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        TrainConfig.from_dict(values)
+
+
+@pytest.mark.parametrize("world_size", [0, -2, 1.5])
+def test_check_world_size_rejects_non_positive_sizes(world_size):
+    with pytest.raises(ValueError, match="world_size must be an int >= 1"):
+        TrainConfig().check_world_size(world_size)
+
+
 # ----------------------------------------------------------------------------------------------
 # contrastive gradient accumulation
 

@@ -1,7 +1,8 @@
 """Helpers shared by the benchmarks written after the first five: the machine, the results file, model FLOPs.
 
-`clip_flops` is the FLOP counter of the CLIP towers (used by `bench_peak.py`; the scaling chapter
-may want it too). Nothing here imports torch at module level, so `run_all` stays light.
+`clip_flops` is the FLOP counter of the CLIP towers (used by `bench_peak.py`): it is
+`clipmini.scaling.clip_flops`, which the scaling chapter uses too. Nothing here imports torch at
+module level, so `run_all` stays light.
 """
 
 from __future__ import annotations
@@ -187,67 +188,12 @@ def command_line(argv: list[str] | None = None) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _transformer_flops(tokens: int, width: int, layers: int) -> tuple[int, int]:
-    """(dense, attention) FLOPs of `layers` pre-LN blocks over a sequence of `tokens` positions."""
-    # per block: q,k,v projections 2*T*W*3W + output projection 2*T*W*W + MLP 2*T*W*4W*2 = 24*T*W^2
-    dense = 24 * tokens * width**2
-    # per block: scores Q K^T (H heads of [T, D] x [D, T], H*D = W) and the weighted sum A V: 2 * 2*T*T*W
-    attention = 4 * tokens**2 * width
-    return layers * dense, layers * attention
-
-
 def clip_flops(config, batch: int, text_length: int | None = None) -> dict[str, int]:
-    """Model FLOPs of one CLIP forward pass and one training step on `batch` image-caption pairs.
+    """Model FLOPs of one CLIP forward pass and one training step, by term: `clipmini.scaling.clip_flops`.
 
-    Counted: every matrix multiply, at 2 FLOPs per multiply-add. Not counted: LayerNorms, activations,
-    softmax, embedding lookups, residual adds and the optimizer (all O(T*W) per token, small next to
-    the O(T*W^2) matmuls). With T tokens of width W, per transformer block:
-
-        dense     = 24 * T * W^2      # qkv 6TW^2 + out-proj 2TW^2 + MLP (W -> 4W -> W) 16TW^2
-        attention =  4 * T^2 * W      # Q K^T and A V, the full T x T square (causal masking not discounted)
-
-    Image tower (ViT, image size R, patch P, grid G = R/P, T_v = G^2 + 1 tokens with the class token):
-
-        patch_embed = 2 * G^2 * (3 * P^2) * W_v    # the stride-P convolution as a matmul
-        vision_proj = 2 * W_v * E                  # the class token only
-
-    Text tower (T_t = `text_length` positions; clipmini runs only up to the batch's last EOT, so pass
-    that length, default the whole `context_length`): `text_proj = 2 * W_t * E` (the EOT row only).
-    Logits: `2 * B * B * E` (image_features @ text_features.T).
-
-    Training step = forward + backward. Backward costs twice the forward of each matmul (the gradient
-    of its input and of its weight), except the patch embedding, whose input (pixels) needs no
-    gradient: 1x. So `train_step = 3 * forward - patch_embed` (the usual "3x forward", made exact).
+    The count lives in the package (the scaling chapter uses it too); imported here on first use, so
+    that importing this module stays free of torch.
     """
-    from clipmini.config import CLIPConfig
+    from clipmini.scaling import clip_flops as count
 
-    if not isinstance(config, CLIPConfig):
-        raise TypeError(f"clip_flops expects a CLIPConfig; got {type(config).__name__}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int; got {batch!r}")
-    v, t, E = config.vision, config.text, config.embed_dim
-    if not v.is_vit:
-        raise ValueError("clip_flops counts ViT image towers; this config has a ModifiedResNet (patch_size=None)")
-    L = t.context_length if text_length is None else text_length
-    if isinstance(L, bool) or not isinstance(L, int) or not 1 <= L <= t.context_length:
-        raise ValueError(f"text_length must be an int in [1, context_length={t.context_length}]; got {text_length!r}")
-
-    G = v.image_size // v.patch_size
-    T_v = G * G + 1
-    per_image_patch = 2 * G * G * (3 * v.patch_size**2) * v.width
-    vision_dense, vision_attention = _transformer_flops(T_v, v.width, v.layers)
-    text_dense, text_attention = _transformer_flops(L, t.width, t.layers)
-    counts = {
-        "patch_embed": batch * per_image_patch,
-        "vision_dense": batch * vision_dense,
-        "vision_attention": batch * vision_attention,
-        "vision_proj": batch * 2 * v.width * E,
-        "text_dense": batch * text_dense,
-        "text_attention": batch * text_attention,
-        "text_proj": batch * 2 * t.width * E,
-        "logits": 2 * batch * batch * E,
-    }
-    forward = sum(counts.values())
-    counts["forward"] = forward
-    counts["train_step"] = 3 * forward - counts["patch_embed"]
-    return counts
+    return count(config, batch, text_length)

@@ -1,4 +1,6 @@
-"""The benchmark machinery without timing anything: the FLOP counter, run_all's results file, the appendix page."""
+"""The benchmark machinery without timing anything: run_all's results file and the appendix page.
+
+The FLOP counter the benchmarks use is `clipmini.scaling.clip_flops`, tested in tests/test_scaling.py."""
 
 from __future__ import annotations
 
@@ -13,10 +15,7 @@ import nbformat
 import papermill
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from clipmini.config import CLIPConfig, TextConfig, VisionConfig, get_config
-from clipmini.model import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,92 +35,6 @@ def _benchmarks_module(name: str):
 
 common = _benchmarks_module("common")
 run_all = _benchmarks_module("run_all")
-
-
-# ----------------------------------------------------------------------------------------------
-# The FLOP counter
-# ----------------------------------------------------------------------------------------------
-
-
-def _tiny_config(vision_layers: int = 1, text_layers: int = 1) -> CLIPConfig:
-    return CLIPConfig(
-        embed_dim=8,
-        vision=VisionConfig(image_size=8, layers=vision_layers, width=4, patch_size=4, head_width=2),
-        text=TextConfig(context_length=4, vocab_size=10, width=4, layers=text_layers, head_width=2),
-    )
-
-
-def test_flops_match_a_hand_count():
-    f = common.clip_flops(_tiny_config(), batch=2)
-    # 8 px images, 4 px patches: a 2x2 grid, 5 tokens with the class token; width 4; E = 8; batch 2.
-    assert f["patch_embed"] == 2 * (2 * 4 * (3 * 4 * 4) * 4)  # 4 patches x 48 pixels x 4 channels, 2 FLOPs each
-    assert f["vision_dense"] == 2 * (2 * 5 * 4 * 12 + 2 * 5 * 4 * 4 + 2 * 5 * 4 * 16 * 2)  # qkv, out-proj, MLP
-    assert f["vision_attention"] == 2 * (2 * 2 * 5 * 5 * 4)  # Q K^T and A V over 5 x 5 positions
-    assert f["vision_proj"] == 2 * (2 * 4 * 8)
-    assert f["text_dense"] == 2 * (2 * 4 * 4 * 12 + 2 * 4 * 4 * 4 + 2 * 4 * 4 * 16 * 2)  # 4 positions
-    assert f["text_attention"] == 2 * (2 * 2 * 4 * 4 * 4)
-    assert f["text_proj"] == 2 * (2 * 4 * 8)
-    assert f["logits"] == 2 * 2 * 2 * 8
-    assert f["forward"] == 3072 + 3840 + 800 + 128 + 3072 + 512 + 128 + 64 == 11616
-    assert f["train_step"] == 3 * 11616 - 3072  # backward 2x, but no gradient for the pixels
-
-
-def test_doubling_layers_doubles_exactly_the_block_terms():
-    one, two = common.clip_flops(_tiny_config(1, 1), 3), common.clip_flops(_tiny_config(2, 1), 3)
-    assert two["vision_dense"] == 2 * one["vision_dense"] and two["vision_attention"] == 2 * one["vision_attention"]
-    for key in ("patch_embed", "vision_proj", "text_dense", "text_attention", "text_proj", "logits"):
-        assert two[key] == one[key], key
-    assert two["forward"] - one["forward"] == one["vision_dense"] + one["vision_attention"]
-    text_two = common.clip_flops(_tiny_config(1, 2), 3)
-    assert text_two["text_dense"] == 2 * one["text_dense"] and text_two["vision_dense"] == one["vision_dense"]
-
-
-def test_shorter_text_scales_dense_linearly_and_attention_quadratically():
-    config = get_config("small-vit")
-    full, half = common.clip_flops(config, 4), common.clip_flops(config, 4, text_length=config.text.context_length // 2 + 1)
-    L, l = config.text.context_length, config.text.context_length // 2 + 1
-    assert full["text_dense"] * l == half["text_dense"] * L
-    assert full["text_attention"] * l * l == half["text_attention"] * L * L
-    assert full["vision_dense"] == half["vision_dense"]
-
-
-ODD_SHAPES = CLIPConfig(  # every size different, several heads, so that no two terms can be swapped unnoticed
-    embed_dim=48,
-    vision=VisionConfig(image_size=24, layers=2, width=96, patch_size=6, head_width=32),
-    text=TextConfig(context_length=12, vocab_size=100, width=64, layers=3, head_width=16),
-)
-
-
-@pytest.mark.parametrize("config", [get_config("tiny-vit"), ODD_SHAPES], ids=["tiny-vit", "odd-shapes"])
-def test_flops_agree_with_torch_flop_counter_on_the_real_model(config):
-    """torch counts every matmul and convolution it runs (not attention on the CPU), forward and backward."""
-    torch.manual_seed(0)
-    model = create_model(config).train()
-    config = model.config
-    B, L, R, V = 2, config.text.context_length, config.vision.image_size, config.text.vocab_size
-    images = torch.randn(B, 3, R, R)
-    tokens = torch.randint(1, V - 1, (B, L))
-    tokens[:, L // 2], tokens[:, L // 2 + 1:] = V - 1, 0  # EOT mid-context: the model runs L // 2 + 1 positions
-    ours = common.clip_flops(config, B, text_length=L // 2 + 1)
-    attention = ours["vision_attention"] + ours["text_attention"]
-    with FlopCounterMode(display=False) as counter:
-        logits_per_image, _ = model(images, tokens)
-    assert counter.get_total_flops() == ours["forward"] - attention
-    with FlopCounterMode(display=False) as counter:
-        logits_per_image, _ = model(images, tokens)
-        logits_per_image.sum().backward()
-    assert counter.get_total_flops() == ours["train_step"] - 3 * attention
-
-
-def test_flops_reject_what_they_cannot_count():
-    with pytest.raises(ValueError, match="ModifiedResNet"):
-        common.clip_flops(get_config("tiny-rn"), 4)
-    with pytest.raises(ValueError, match="batch must be a positive int"):
-        common.clip_flops(get_config("tiny-vit"), 0)
-    with pytest.raises(ValueError, match=r"text_length must be an int in \[1, context_length=32\]"):
-        common.clip_flops(get_config("tiny-vit"), 4, text_length=33)
-    with pytest.raises(TypeError, match="expects a CLIPConfig"):
-        common.clip_flops({"embed_dim": 64}, 4)
 
 
 def test_machine_name_is_a_safe_file_name():

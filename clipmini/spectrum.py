@@ -65,7 +65,7 @@ def effective_rank(features: torch.Tensor, *, normalize: bool = True, center: bo
 
 
 def uniformity(features: torch.Tensor, t: float = 2.0) -> float:
-    """log of the mean Gaussian potential exp(-t·|x_i - x_j|²) over pairs i ≠ j of L2-normalized rows.
+    """log of the mean Gaussian potential ``exp(-t * ||x_i - x_j||^2)`` over pairs i ≠ j of L2-normalized rows.
 
     0 when every row is the same point; more negative the more evenly the rows cover the sphere.
     """

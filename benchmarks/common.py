@@ -95,7 +95,10 @@ def memory_bytes() -> int | None:
 
 
 def git_commit(root: Path = ROOT) -> dict[str, Any]:
-    """The checked-out commit and whether the working tree differs from it."""
+    """The checked-out commit and whether the code measured differs from it.
+
+    Changes under ``benchmarks/results/`` do not count: a run rewrites its own results file, and a
+    fresh run may start by deleting stale entries from it."""
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
@@ -104,7 +107,7 @@ def git_commit(root: Path = ROOT) -> dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 

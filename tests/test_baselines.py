@@ -8,13 +8,7 @@ from torch import nn
 
 from clipmini.baselines import BagOfWords, CaptionLM, bag_of_words
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """On 2 shared cores, OpenMP threads spinning against other processes make tiny ops ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 VOCAB = 40

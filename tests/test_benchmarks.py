@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -80,6 +81,26 @@ def _scripts(tmp_path: Path) -> dict[str, str]:
         path.write_text(source)
         paths[name] = str(path)
     return paths
+
+
+def test_the_recorded_commit_is_dirty_for_code_changes_but_not_for_results_files(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "model.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "vm.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    clean = common.git_commit(tmp_path)
+    assert len(clean["commit"]) == 40 and clean["dirty"] is False
+
+    (tmp_path / "benchmarks" / "results" / "vm.json").unlink()  # a fresh run starting from an empty results file
+    assert common.git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "model.py").write_text("x = 2\n")  # but measuring edited code is recorded as such
+    assert common.git_commit(tmp_path)["dirty"] is True
 
 
 def test_run_all_runs_every_benchmark_merges_results_and_records_the_machine(tmp_path, capsys):

@@ -12,13 +12,7 @@ from open_clip.loss import ClipLoss, SigLipLoss
 from clipmini.losses import clip_loss, paper_pseudocode_loss, siglip_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """On 2 shared cores, OpenMP threads spinning against other processes make tiny ops ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(n: int, e: int = 16, dtype=torch.float64, seed: int = 0):

@@ -61,6 +61,18 @@ def test_parameters_cell(path):
     assert set(inspected) == names, f"{path.name}: papermill sees {sorted(inspected)}, the cell declares {sorted(names)}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_cells_that_may_train_keep_their_progress_bars_out_of_the_book(path):
+    """`load_or_train` trains when the model cache misses (a fresh clone, CI) and its progress bar goes to
+    stderr, which the book turns into a warning unless the cell is tagged `remove-stderr`."""
+    nb = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and re.search(r"\bload_or_train\(", cell.source):
+            assert "remove-stderr" in cell.metadata.get("tags", []), (
+                f"{path.name} cell {index} calls load_or_train: tag it remove-stderr"
+            )
+
+
 def test_toc_lists_every_chapter_and_only_existing_files():
     files = jobs.toc_files(ROOT / "_toc.yml")
     for name in files:

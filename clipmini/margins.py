@@ -17,26 +17,22 @@ import math
 
 import torch
 
+from clipmini.losses import _check_features, _check_scale
+
 __all__ = ["pair_cosines", "similarity_margin", "scale_gradient", "best_temperature", "infonce_floor"]
 
 
-def _check_pairs(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
-    if not isinstance(image_features, torch.Tensor) or not isinstance(text_features, torch.Tensor):
-        raise TypeError("image_features and text_features must be tensors [N, E]")
-    if image_features.dim() != 2 or image_features.shape != text_features.shape:
-        raise ValueError(
-            "image_features and text_features must both be [N, E] with the same N and E; got "
-            f"{list(image_features.shape)} and {list(text_features.shape)}"
-        )
+def _cosines(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """[N, N] cosines in float64, after the same input checks as the loss (shape, dtype, finite values)."""
+    _check_features(image_features, text_features)
     if image_features.shape[0] < 2:
         raise ValueError(f"need at least 2 pairs to have unmatched ones; got N = {image_features.shape[0]}")
+    return image_features.detach().double() @ text_features.detach().double().T  # [N, N]
 
 
-@torch.no_grad()
 def pair_cosines(image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(matched [N], unmatched [N·(N−1)]): the cosines of image i with caption i, and with every other caption."""
-    _check_pairs(image_features, text_features)
-    cosines = image_features.float() @ text_features.float().T  # [N, N]
+    """(matched [N], unmatched [N·(N−1)]) in float64: the cosines of image i with caption i, and with every other caption."""
+    cosines = _cosines(image_features, text_features)  # [N, N]
     on_diagonal = torch.eye(cosines.shape[0], dtype=torch.bool, device=cosines.device)  # [N, N]
     return cosines[on_diagonal], cosines[~on_diagonal]  # [N], [N·(N−1)]
 
@@ -45,11 +41,6 @@ def similarity_margin(image_features: torch.Tensor, text_features: torch.Tensor)
     """Mean cosine of the matched pairs minus the mean cosine of the unmatched ones."""
     matched, unmatched = pair_cosines(image_features, text_features)
     return (matched.mean() - unmatched.mean()).item()
-
-
-def _cosines(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    _check_pairs(image_features, text_features)
-    return image_features.detach().double() @ text_features.detach().double().T  # [N, N]
 
 
 def _gradient(cosines: torch.Tensor, scale: float) -> float:
@@ -65,9 +56,8 @@ def scale_gradient(image_features: torch.Tensor, text_features: torch.Tensor, sc
     It equals the softmax-weighted mean cosine minus the matched cosine, averaged over rows and columns:
     negative when the matched pairs already stand out (a sharper softmax helps, so s grows and τ falls).
     """
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"scale is the multiplier s = 1/τ and must be finite and >= 0, got {scale!r}")
-    return _gradient(_cosines(image_features, text_features), float(scale))
+    scale = float(_check_scale(scale, "scale", positive=True))
+    return _gradient(_cosines(image_features, text_features), scale)
 
 
 def best_temperature(

@@ -151,14 +151,15 @@ def train_objective(config: TrainConfig | dict, objective: str) -> dict:
         tokens = tokenizer(list(captions), context_length=context_length, truncate=True).to(device)  # [B, L]
         lr = schedule.apply(optimizer, step)
         loss = model.loss(images, tokens)
-        if not torch.isfinite(loss):
+        value = loss.item()  # the step's one sync with the device
+        if not math.isfinite(value):
             raise FloatingPointError(f"{objective}: non-finite loss at step {step} (lr={lr:.3g}); lower 'lr' or raise 'warmup_steps'")
         loss.backward()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        window.append(loss.item())
+        window.append(value)
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             history.append({"step": done, "loss": round(sum(window) / len(window), 6), "lr": lr,

@@ -27,7 +27,7 @@ def _simplex(n):
 def test_pair_cosines_split_the_diagonal_from_the_rest():
     images, texts = _features(n=5)
     matched, unmatched = pair_cosines(images, texts)
-    cosines = images @ texts.T
+    cosines = images.double() @ texts.double().T
     assert matched.shape == (5,) and unmatched.shape == (20,)
     assert torch.allclose(matched, cosines.diag())
     assert torch.allclose(unmatched.sort().values, cosines[~torch.eye(5, dtype=torch.bool)].sort().values)
@@ -37,7 +37,7 @@ def test_pair_cosines_split_the_diagonal_from_the_rest():
 def test_identical_features_have_matched_cosines_of_one():
     images, _ = _features(n=6)
     matched, _ = pair_cosines(images, images)
-    assert torch.allclose(matched, torch.ones(6), atol=1e-6)
+    assert torch.allclose(matched, torch.ones(6, dtype=torch.float64), atol=1e-6)
     assert similarity_margin(images, images) > 0.5
 
 
@@ -97,9 +97,11 @@ def test_no_features_beat_the_floor():
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: pair_cosines(torch.zeros(3, 4), torch.zeros(3, 5)), ValueError, r"\[3, 4\] and \[3, 5\]"),
+        (lambda: pair_cosines(torch.zeros(3, 4), torch.zeros(3, 5)), ValueError, r"\[3, 4\] and text_features \[3, 5\]"),
         (lambda: pair_cosines(torch.zeros(1, 4), torch.zeros(1, 4)), ValueError, "at least 2 pairs"),
-        (lambda: pair_cosines([[1.0]], [[1.0]]), TypeError, "tensors"),
+        (lambda: pair_cosines([[1.0]], [[1.0]]), TypeError, "must be a torch.Tensor"),
+        (lambda: best_temperature(torch.full((4, 8), math.nan), torch.zeros(4, 8)), ValueError, "non-finite"),
+        (lambda: scale_gradient(*_features(), math.inf), ValueError, "finite"),
         (lambda: scale_gradient(*_features(), -1.0), ValueError, "multiplier"),
         (lambda: best_temperature(*_features(), min_tau=1.0, max_tau=0.5), ValueError, "min_tau < max_tau"),
         (lambda: infonce_floor(1, 0.07), ValueError, "int >= 2"),

@@ -176,14 +176,20 @@ def format_value(value: float, percent: bool) -> str:
     return f"{100 * value:.1f}%" if percent else f"{value:.3g}"
 
 
+def needed_text(kind: str, bound: float | None, percent: bool) -> str:
+    """What a claim of `kind` needs, in a table cell: "> 0.0%", "within ±2.0%", "≥ 85.0%", "—"."""
+    if kind == "unresolved":
+        return "—"
+    value = format_value(bound, percent)
+    return {"greater": f"> {value}", "equivalent": f"within ±{value}", "at least": f"≥ {value}", "at most": f"≤ {value}"}[kind]
+
+
 def claims_table(claims: Sequence[Claim]) -> str:
-    """A Markdown table of claims (one chapter's, or a sweep's)."""
+    """A Markdown table of one chapter's claims."""
     rows = ["| claim | estimate | 95% interval | needed | verdict | the paper |", "|---|---|---|---|---|---|"]
     for c in claims:
         fmt = functools.partial(format_value, percent=c.percent)
-        bound = "" if c.bound is None else fmt(c.bound)
-        needed = {"greater": f"> {bound}", "equivalent": f"within ±{bound}", "at least": f"≥ {bound}",
-                  "at most": f"≤ {bound}", "unresolved": "—"}[c.kind]
+        needed = needed_text(c.kind, c.bound, c.percent)
         rows.append(f"| {c.name} | {fmt(c.interval.estimate)} | [{fmt(c.interval.low)}, {fmt(c.interval.high)}] "
                     f"| {needed} | {c.verdict} | {c.paper or '—'} |")
     return "\n".join(rows)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -20,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from clipmini.fileio import atomic_write_json
+from clipmini.fileio import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,6 +152,7 @@ def run_chapter(notebook: Path, out_dir: Path, parameters: dict[str, Any], *, ti
 
     chapter = notebook.stem
     params = dict(parameters, results_dir=str(out_dir.resolve()))
+    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -162,11 +165,13 @@ def run_chapter(notebook: Path, out_dir: Path, parameters: dict[str, Any], *, ti
             execution_timeout=timeout,
         )
     except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
-        return JobResult(chapter, "failed", time.perf_counter() - start, {}, str(err).strip().splitlines()[-1][:200])
+        status, error = "failed", str(err).strip().splitlines()[-1][:200]
+    else:
+        status, error = "ok", ""
     seconds = time.perf_counter() - start
-    results_file = out_dir / f"{chapter}.json"
+    results_file = out_dir / f"{chapter}.json"  # written before a chapter's final claims check
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    return JobResult(chapter, "ok", seconds, results)
+    return JobResult(chapter, status, seconds, results, error)
 
 
 def summarize(jobs: list[JobResult]) -> str:
@@ -201,6 +206,85 @@ def reproduce(profile_name: str, *, chapters: list[str] | None = None, out_root:
         jobs.append(run_chapter(notebook, out_dir, chapter_parameters(profile, notebook.stem)))
     atomic_write_json(out_dir / "summary.json", [job.__dict__ for job in jobs])
     return jobs
+
+
+def sweep_claims(seeds: list[int], *, label: str, chapters: list[str] | None = None,
+                 parameters: dict[str, Any] | None = None, out_root: Path = ROOT / "runs" / "claims") -> Path:
+    """Run chapters headless once per seed with claims collected (not raised); write ``<label>/claims.json``.
+
+    The environment this runs in is the setting swept (``ATEN_CPU_CAPABILITY``, thread counts): each
+    setting should use its own ``CLIPMINI_CACHE``, so that its models are trained under it.
+    """
+    from clipmini.claims import COLLECT_ENV
+
+    notebooks = [nb for nb in toc_chapters() if not chapters or nb.stem in chapters or nb.stem[:2] in chapters]
+    if not notebooks:
+        raise ValueError(f"no chapter matches {chapters}; the chapters are {[nb.stem for nb in toc_chapters()]}")
+    for notebook in notebooks:
+        check_parameters(notebook, {**(parameters or {}), "seed": seeds[0]})
+    os.environ[COLLECT_ENV] = "collect"  # the kernels papermill starts inherit it
+    out = out_root / label
+    runs = []
+    for seed in seeds:
+        for notebook in notebooks:
+            print(f"[{label}] {notebook.stem}, seed {seed} ...", flush=True)
+            job = run_chapter(notebook, out / f"seed-{seed}", {**(parameters or {}), "seed": seed})
+            runs.append({"chapter": job.chapter, "seed": seed, "status": job.status, "seconds": round(job.seconds, 1),
+                         "error": job.error, "claims": job.results.get("claims", [])})
+    setting = {"label": label, "seeds": seeds, "parameters": parameters or {},
+               "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", ""), "torch_threads": _threads()}
+    path = out / "claims.json"
+    atomic_write_json(path, {"setting": setting, "runs": runs})
+    return path
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def claims_sweep_table(paths: list[Path]) -> str:
+    """Markdown: each claim of each chapter across every run of the sweeps in `paths` (their claims.json)."""
+    from clipmini.claims import format_value, needed_text
+
+    rows: dict[tuple[str, str], list[dict]] = {}
+    failed_runs, total_runs = [], 0
+    for path in paths:
+        sweep = json.loads(Path(path).read_text())
+        label = sweep["setting"]["label"]
+        for run in sweep["runs"]:
+            total_runs += 1
+            if run["status"] != "ok":
+                failed_runs.append(f"{run['chapter']} ({label}, seed {run['seed']}): {run['error']}")
+            for claim in run["claims"]:
+                rows.setdefault((run["chapter"], claim["name"]), []).append({**claim, "run": f"{label}/{run['seed']}"})
+    lines = ["| chapter | claim | needed | estimates (min to max) | worst interval | holds in |",
+             "|---|---|---|---|---|---|"]
+    for (chapter, name), found in rows.items():
+        first = found[0]
+        fmt = functools.partial(format_value, percent=first.get("percent", True))
+        needed = needed_text(first["kind"], first["bound"], first.get("percent", True))
+        estimates = [c["estimate"] for c in found]
+        worst = min(found, key=_slack)
+        held = sum(c["passed"] is not False for c in found)
+        verdict = f"{held} of {len(found)}" if first["kind"] != "unresolved" else f"not asserted ({len(found)} runs)"
+        lines.append(f"| {chapter} | {name} | {needed} | {fmt(min(estimates))} to {fmt(max(estimates))} "
+                     f"| [{fmt(worst['low'])}, {fmt(worst['high'])}] ({worst['run']}) | {verdict} |")
+    summary = f"{total_runs} chapter runs, {len(failed_runs)} stopped before their claims were all recorded."
+    return "\n".join(lines) + "\n\n" + summary + "".join(f"\n- {f}" for f in failed_runs) + "\n"
+
+
+def _slack(claim: dict) -> float:
+    """How far a claim's interval is from failing (negative: it failed); unresolved claims sort last."""
+    low, high, bound = claim["low"], claim["high"], claim["bound"]
+    return {
+        "greater": lambda: low - bound,
+        "at least": lambda: low - bound,
+        "at most": lambda: bound - high,
+        "equivalent": lambda: min(low + bound, bound - high),
+        "unresolved": lambda: math.inf,
+    }[claim["kind"]]()
 
 
 def strip_outputs(paths: list[Path]) -> list[Path]:
@@ -243,11 +327,36 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--profile", default="cpu", help="params/<profile>.yaml (default: cpu)")
     rep.add_argument("--chapter", action="append", help="only these chapters (notebook stems); repeatable")
     sub.add_parser("book-check", help="build the book without executing it, warnings as errors")
+    sweep = sub.add_parser("claims", help="run chapters under several seeds, collecting every claim's verdict")
+    sweep.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default: 0,1,2,3,4)")
+    sweep.add_argument("--label", default="default", help="this setting's name, e.g. default, aten-default, 1-thread")
+    sweep.add_argument("--chapter", action="append", help="only these chapters (stems or their numbers); repeatable")
+    sweep.add_argument("--param", action="append", default=[], metavar="NAME=YAML",
+                       help="a parameter for every chapter that declares it, e.g. threads=1; repeatable")
+    table = sub.add_parser("claims-table", help="the Markdown table of sweeps' claims.json files")
+    table.add_argument("paths", nargs="+", type=Path)
+    table.add_argument("--out", type=Path, help="write the table here (atomically) instead of printing it")
     strip = sub.add_parser("strip", help="strip outputs from notebooks (default: notebooks/*.ipynb)")
     strip.add_argument("paths", nargs="*", type=Path)
     args = parser.parse_args(argv)
     if args.command == "book-check":
         return book_check()
+    if args.command == "claims":
+        params = {}
+        for item in args.param:
+            name, _, value = item.partition("=")
+            params[name] = yaml.safe_load(value)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        path = sweep_claims(seeds, label=args.label, chapters=args.chapter, parameters=params)
+        print(claims_sweep_table([path]))
+        return 0
+    if args.command == "claims-table":
+        text = claims_sweep_table(args.paths)
+        if args.out:
+            atomic_write_text(args.out, text)
+        else:
+            print(text)
+        return 0
     if args.command == "strip":
         for path in strip_outputs(args.paths or sorted((ROOT / "notebooks").glob("*.ipynb"))):
             print(f"stripped {path}")

@@ -8,13 +8,14 @@ STAMP := $(VENV)/.clipmini-installed
 CONSTRAINTS := requirements/constraints.txt
 PROFILE ?= cpu
 
-.PHONY: help env book book-check test test-fast lab reproduce bench strip clean
+.PHONY: help env book book-check test test-fast lab reproduce claims bench strip clean
 
 help:
 	@echo "make book       build the rendered book into _build/html (executes every chapter)"
 	@echo "make test       run every test: pytest, the chapters under nbval, and a book build check"
 	@echo "make lab        open the chapters in JupyterLab with the project's environment"
 	@echo "make reproduce  run every chapter headless with papermill: PROFILE=cpu (default) or gpu"
+	@echo "make claims     run the chapters under several seeds and settings; every claim's verdict into book/claims_sweep.md"
 	@echo "make bench      measure speed and memory against open_clip into benchmarks/results/"
 
 # The environment: torch first (served from local disk where available), then the package with its extras.
@@ -48,6 +49,21 @@ lab: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m clipmini.jobs reproduce --profile $(PROFILE)
+
+# Every claim under SEEDS, then once with PyTorch's portable kernels (another CPU's rounding) and once on
+# one thread. Each setting trains its own models in its own cache. CHAPTERS="06 08" limits the chapters.
+SEEDS ?= 0,1,2,3,4
+CHAPTERS ?=
+SWEEP := runs/claims
+CHAPTER_FLAGS = $(foreach c,$(CHAPTERS),--chapter $(c))
+claims: $(STAMP)
+	CLIPMINI_CACHE=$(SWEEP)/cache-default $(PY) -m clipmini.jobs claims --seeds $(SEEDS) --label default $(CHAPTER_FLAGS)
+	ATEN_CPU_CAPABILITY=default CLIPMINI_CACHE=$(SWEEP)/cache-aten $(PY) -m clipmini.jobs claims --seeds 0 \
+		--label aten-default $(CHAPTER_FLAGS)
+	OMP_NUM_THREADS=1 CLIPMINI_CACHE=$(SWEEP)/cache-1thread $(PY) -m clipmini.jobs claims --seeds 0 \
+		--label 1-thread --param threads=1 $(CHAPTER_FLAGS)
+	$(PY) -m clipmini.jobs claims-table $(SWEEP)/default/claims.json $(SWEEP)/aten-default/claims.json \
+		$(SWEEP)/1-thread/claims.json --out book/claims_sweep.md
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

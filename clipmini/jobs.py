@@ -220,15 +220,20 @@ def sweep_claims(seeds: list[int], *, label: str, chapters: list[str] | None = N
     notebooks = [nb for nb in toc_chapters() if not chapters or nb.stem in chapters or nb.stem[:2] in chapters]
     if not notebooks:
         raise ValueError(f"no chapter matches {chapters}; the chapters are {[nb.stem for nb in toc_chapters()]}")
+    import papermill
+
+    chosen = {}  # notebook -> the swept parameters it declares (threads=1 skips a chapter without threads)
     for notebook in notebooks:
-        check_parameters(notebook, {**(parameters or {}), "seed": seeds[0]})
+        declared = papermill.inspect_notebook(str(notebook))
+        chosen[notebook] = {k: v for k, v in (parameters or {}).items() if k in declared}
+        check_parameters(notebook, {**chosen[notebook], "seed": seeds[0]})
     os.environ[COLLECT_ENV] = "collect"  # the kernels papermill starts inherit it
     out = out_root / label
     runs = []
     for seed in seeds:
         for notebook in notebooks:
             print(f"[{label}] {notebook.stem}, seed {seed} ...", flush=True)
-            job = run_chapter(notebook, out / f"seed-{seed}", {**(parameters or {}), "seed": seed})
+            job = run_chapter(notebook, out / f"seed-{seed}", {**chosen[notebook], "seed": seed})
             runs.append({"chapter": job.chapter, "seed": seed, "status": job.status, "seconds": round(job.seconds, 1),
                          "error": job.error, "claims": job.results.get("claims", [])})
     setting = {"label": label, "seeds": seeds, "parameters": parameters or {},

@@ -1,10 +1,12 @@
 """Compute and the power law: FLOPs counted from a model's shapes, and error fitted against them.
 
-The paper plots zero-shot error against training compute on log-log axes and finds a straight line,
-error ≈ a · C^b with b < 0. Here `clip_flops` counts the FLOPs of one forward pass and one training
-step from a `CLIPConfig` (every matmul and convolution, 2 FLOPs per multiply-add), `training_flops`
-adds them up over the steps of a caption-world run, and `fit_power_law` fits the line by least squares
-in log space. The counts are checked against `torch.utils.flop_counter.FlopCounterMode` in the tests.
+The paper plots average zero-shot error against training compute on log-log axes and finds a smooth,
+straight trend over a 44x range of compute (its Figure 9, five ResNet CLIPs); it fits no exponent. A
+straight line in log-log is a power law, error ≈ a · C^b with b < 0. Here `clip_flops` counts the FLOPs
+of one forward pass and one training step from a `CLIPConfig` (every matmul and convolution, 2 FLOPs
+per multiply-add), `training_flops` adds them up over the steps of a caption-world run, and
+`fit_power_law` fits the line by least squares in log space. The counts are checked against
+`torch.utils.flop_counter.FlopCounterMode` in the tests.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Every verdict in the book rests on one of three estimates:
 - an accuracy on n evaluation images: the Wilson score interval (`accuracy_interval`);
 - the difference of two classifiers scored on the *same* images: a paired bootstrap of the per-image
   differences, with McNemar's exact test beside it (`paired_difference`);
+- accuracies on different images: Newcombe's interval of the difference (`independent_difference`);
 - a number measured once per training seed: the mean with Student's t-interval (`over_seeds`).
 
 Each returns an `Interval`. `clipmini.claims` turns intervals into asserted verdicts.
@@ -99,6 +100,23 @@ def _as_flags(values: Any, name: str) -> np.ndarray:
     if array.dtype != bool and not np.isin(array, (0, 1)).all():
         raise ValueError(f"{name} must hold right/wrong flags (bool or 0/1); got values such as {array[:3].tolist()}")
     return array.astype(bool)
+
+
+def independent_difference(a: Interval, b: Interval) -> Interval:
+    """Accuracy A minus accuracy B measured on *different* images: Newcombe's hybrid score interval.
+
+    It combines the two Wilson intervals (Newcombe 1998, method 10); use `paired_difference` instead
+    when both were scored on the same images, which is tighter.
+    """
+    for name, x in (("a", a), ("b", b)):
+        if not isinstance(x, Interval) or x.method != "wilson":
+            raise TypeError(f"{name} must be a Wilson interval from accuracy_interval; got {x}")
+    if a.confidence != b.confidence:
+        raise ValueError(f"both intervals need the same confidence; got {a.confidence} and {b.confidence}")
+    d = a.estimate - b.estimate
+    low = d - math.hypot(a.estimate - a.low, b.high - b.estimate)
+    high = d + math.hypot(a.high - a.estimate, b.estimate - b.low)
+    return Interval(d, low, high, min(a.n, b.n), f"Newcombe (n={a.n} and {b.n})", a.confidence)
 
 
 def mcnemar_p(correct_a: Any, correct_b: Any) -> float:

@@ -12,6 +12,7 @@ from clipmini.stats import (
     Interval,
     accuracy_interval,
     difference_over_seeds,
+    independent_difference,
     mcnemar_p,
     over_seeds,
     paired_difference,
@@ -73,6 +74,15 @@ def test_paired_difference_resolves_a_real_gap_and_covers_a_null_one():
         b = np.where(rng.random(300) < 0.1, rng.random(300) < 0.8, a)
         covered += not paired_difference(a, b, draws=1000).excludes(0.0)
     assert 0.90 <= covered / 200 <= 0.99
+
+
+def test_independent_difference_matches_newcombe():
+    # Newcombe (1998), table II, example (a): 56/70 vs 48/80, method 10 gives 0.0524 to 0.3339
+    d = independent_difference(accuracy_interval(56, 70), accuracy_interval(48, 80))
+    assert d.estimate == pytest.approx(0.2)
+    assert (round(d.low, 4), round(d.high, 4)) == (0.0524, 0.3339)
+    with pytest.raises(TypeError, match="Wilson"):
+        independent_difference(over_seeds([0.1, 0.2]), accuracy_interval(1, 2))
 
 
 def test_mcnemar_exact_values():

@@ -103,6 +103,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 autocast (CPU or CUDA); fp16 autocast + GradScaler (CUDA only)
     grad_checkpointing: bool = False  # recompute each block's activations in backward to save memory
     loss: Literal["clip", "siglip"] = "clip"  # symmetric InfoNCE, or SigLIP's sigmoid loss with its own scale and bias
+    siglip_init_bias: float = -10.0  # loss="siglip": where the bias b starts; SigLIP's -10, or -ln(N-1), the best b for features that know nothing
     fixed_tau: float | None = None  # a fixed temperature (the ablation); None = learn logit_scale = ln(1/tau)
     loss_direction: Literal["both", "image", "text"] = "both"  # loss="clip": image→text rows only, text→image columns only, or both (the paper)
     dedupe_captions: bool = True  # identical captions in a batch are not each other's negatives
@@ -169,6 +170,7 @@ class TrainConfig:
         )
         need(self.loss != "siglip" or self.fixed_tau is None, "'fixed_tau' applies to loss='clip' only")
         need(self.loss != "siglip" or self.loss_direction == "both", "'loss_direction' applies to loss='clip' only")
+        need(math.isfinite(self.siglip_init_bias), f"'siglip_init_bias' must be finite, got {self.siglip_init_bias}")
         need(self.eval_every >= 0, f"'eval_every' must be >= 0 (0 = only at the end), got {self.eval_every}")
         need(self.eval_n >= 1, f"'eval_n' must be >= 1, got {self.eval_n}")
         need(self.log_every >= 1, f"'log_every' must be >= 1, got {self.log_every}")
@@ -1036,7 +1038,7 @@ class _Run:
             self.tokenizer = make_tokenizer(config, self.world)
 
         self.model = make_model(config).to(device)
-        self.siglip_head = SigLIPHead().to(device) if config.loss == "siglip" else None
+        self.siglip_head = SigLIPHead(init_bias=config.siglip_init_bias).to(device) if config.loss == "siglip" else None
         if self.siglip_head is not None:
             self.model.logit_scale.requires_grad_(False)  # SigLIP learns its own scale (in the head)
         if config.fixed_tau is not None:

@@ -355,3 +355,14 @@ def test_trains_on_a_csv_and_resumes_exactly(tmp_path):
     resumed = train(TrainConfig(**run, out_dir=str(tmp_path / "b"), resume=True))
     for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_siglip_bias_starts_where_the_config_says(tmp_path):
+    """siglip_init_bias reaches SigLIPHead; one step at a tiny lr leaves b near its start."""
+    config = TrainConfig(**WORLD_RUN, steps=1, loss="siglip", siglip_init_bias=-math.log(15), lr=1e-6, out_dir=None)
+    result = train(config)
+    assert result.siglip_head.logit_bias.item() == pytest.approx(-math.log(15), abs=1e-5)
+    default = TrainConfig(**WORLD_RUN, steps=1, loss="siglip", lr=1e-6, out_dir=None)
+    assert train(default).siglip_head.logit_bias.item() == pytest.approx(-10.0, abs=1e-5)
+    with pytest.raises(ValueError, match="siglip_init_bias"):
+        TrainConfig(**WORLD_RUN, loss="siglip", siglip_init_bias=float("-inf"))

@@ -15,7 +15,6 @@ import pickle
 import urllib.parse
 import urllib.request
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from .config import CLIPConfig, TextConfig, VisionConfig, get_config
 from .fileio import atomic_open, atomic_write_bytes, sha256_file
+from .torchscript import is_torchscript_archive, read_torchscript_weights
 from .towers import LayerNorm, Transformer, build_vision_tower
 
 __all__ = [
@@ -355,18 +355,6 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and 0 < int.from_bytes(head[:8], "little") < 2**28 and head[8:] == b"{"
 
 
-def _is_torchscript_zip(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    # torch.save zips hold data.pkl and tensor records; TorchScript adds code/ and constants.pkl.
-    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
-
-
 def _strip_prefixes(state_dict: dict) -> dict:
     """Remove wrappers' prefixes: DDP's `module.` and torch.compile's `_orig_mod.`."""
     out = {}
@@ -378,13 +366,18 @@ def _strip_prefixes(state_dict: dict) -> dict:
     return out
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CLIPConfig | None]:
+def read_state_dict(
+    path: str | os.PathLike, *, trust_code: bool = False
+) -> tuple[dict[str, torch.Tensor], CLIPConfig | None]:
     """The CPU state_dict in a checkpoint file, and the CLIPConfig stored with it, if any.
 
-    Reads safetensors files; OpenAI's TorchScript archives (with `torch.jit.load`, which runs
-    the archive's code: open only files you trust); and pickles with `torch.load(weights_only=True)`,
+    Reads safetensors files; OpenAI's TorchScript archives, whose tensors are read without running
+    any code from the file (`trust_code=True` opens them with `torch.jit.load` instead, which runs
+    the archive's code: only for files you trust); and pickles with `torch.load(weights_only=True)`,
     either a bare state_dict or `{"state_dict": ..., "config": ...}`.
     """
+    if not isinstance(trust_code, bool):
+        raise TypeError(f"trust_code must be True or False; got {type(trust_code).__name__} {trust_code!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -400,12 +393,13 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
                     state_dict[key] = f.get_tensor(key)
             if _CONFIG_METADATA_KEY in metadata:
                 config_dict = json.loads(metadata[_CONFIG_METADATA_KEY])
-        elif _is_torchscript_zip(path):
-            # Executes TorchScript code from the archive; done only for a path the caller named.
+        elif is_torchscript_archive(path) and trust_code:
             with warnings.catch_warnings():  # TorchScript is deprecated, but OpenAI ships it
                 warnings.simplefilter("ignore", FutureWarning)
-                archive = torch.jit.load(str(path), map_location="cpu")
+                archive = torch.jit.load(str(path), map_location="cpu")  # runs the archive's code
             state_dict = dict(archive.state_dict())
+        elif is_torchscript_archive(path):
+            state_dict = read_torchscript_weights(path)
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, Mapping) and "state_dict" in obj:
@@ -509,11 +503,15 @@ def load(
     device: str | torch.device = "cpu",
     config: CLIPConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
+    *,
+    trust_code: bool = False,
 ) -> CLIP:
     """A fp32 CLIP in eval mode from a checkpoint file or a known name (downloaded and verified).
 
     The config comes from `config`, else the one stored in the file, else the named model's,
     else it is inferred from the weights' shapes (with 64-channel heads and QuickGELU).
+    TorchScript archives are read without running their code; `trust_code=True` opens them with
+    `torch.jit.load`, which runs it (see `read_state_dict`).
     """
     path = Path(name_or_path)
     named_config = None
@@ -526,7 +524,7 @@ def load(
                 f"no checkpoint file at {str(name_or_path)!r}, and it is not a known checkpoint "
                 f"name ({', '.join(KNOWN_CHECKPOINTS)})"
             )
-    state_dict, stored_config = read_state_dict(path)
+    state_dict, stored_config = read_state_dict(path, trust_code=trust_code)
     try:
         model = build_model(state_dict, config or stored_config or named_config)
     except ValueError as err:

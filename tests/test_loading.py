@@ -1,6 +1,8 @@
 """Reading checkpoints: TorchScript archives, pickles, safetensors, bad files, and sha256 checks."""
 
 import hashlib
+import struct
+import warnings
 import zipfile
 
 import pytest
@@ -71,6 +73,10 @@ def test_torchscript_archive_loads(tmp_path, oracle, inputs):
     assert any("/code/" in n for n in zipfile.ZipFile(path).namelist())
     assert "input_resolution" in archive.state_dict()
 
+    # read without running the archive's code, to exactly the tensors torch.jit.load gives
+    read, _ = read_state_dict(path)
+    assert set(read) == set(archive.state_dict())
+    assert all(torch.equal(read[k], v) and read[k].dtype == v.dtype for k, v in archive.state_dict().items())
     model = load(path)
     assert not model.training
     assert model.config.vision.image_size == 32 and model.context_length == 16
@@ -124,6 +130,111 @@ def test_save_keeps_the_config(tmp_path, inputs):
 
 
 # ----- bad files and foreign weights -----
+
+
+class Hostile(torch.nn.Module):
+    """A TorchScript module whose __setstate__ overwrites the file at `path` when the archive is opened."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.text_projection = torch.nn.Parameter(torch.zeros(2, 2))
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.path, self.text_projection, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, torch.Tensor, bool]):
+        self.path, self.text_projection, self.training = state
+        victim = torch.from_file(self.path, shared=True, size=8, dtype=torch.uint8)  # maps the file
+        victim.fill_(88)  # writes "XXXXXXXX" over its first 8 bytes
+        self.text_projection.data.add_(float(victim.sum()) * 0.0)  # keeps the write alive in the graph
+
+
+def test_a_hostile_torchscript_archive_never_runs(tmp_path):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious user data\n")
+    path = tmp_path / "ViT-B-32.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(Hostile(str(victim))).save(str(path))
+        torch.jit.load(str(path))  # the teeth: opened the TorchScript way, it does overwrite the file
+    assert victim.read_text() == "XXXXXXXX user data\n"
+    victim.write_text("precious user data\n")
+
+    message = r"ViT-B-32\.pt: __torch__\..*Hostile stores its state as a tuple that only its own __setstate__.*trust_code=True"
+    with pytest.raises(ValueError, match=message):
+        load(path)
+    with pytest.raises(ValueError, match=message):
+        read_state_dict(path)
+    assert victim.read_text() == "precious user data\n"
+
+
+def _str(text: str) -> bytes:
+    return b"X" + struct.pack("<I", len(text.encode())) + text.encode()  # BINUNICODE
+
+
+def _ints(values) -> bytes:
+    return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"  # a tuple of BININTs
+
+
+def _tensor(numel=4, offset=0, size=(2, 2), stride=(2, 1)) -> bytes:
+    """Pickle opcodes of one float32 tensor in record data/0, as torch.jit.save writes them."""
+    storage = b"(" + _str("storage") + b"ctorch\nFloatStorage\n" + _str("0") + _str("cpu") + _ints([numel])[1:] + b"Q"
+    hooks = b"ccollections\nOrderedDict\n)R"
+    return b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"J" + struct.pack("<i", offset) + _ints(size) \
+        + _ints(stride) + b"\x89" + hooks + b"tR"
+
+
+def _module(attributes: bytes) -> bytes:
+    """A data.pkl whose root is a `__torch__.M` holding `attributes` (name, value opcode pairs)."""
+    return b"\x80\x02c__torch__\nM\n)\x81}(" + attributes + b"ub."
+
+
+HANDMADE = {  # data.pkl, records: what a hand-written archive holds; the error it must raise
+    "a view past its storage": (_module(_str("w") + _tensor(offset=1)), None, r"reaches past its storage of 4 values"),
+    "a record shorter than data.pkl says": (_module(_str("w") + _tensor()), {"0": bytes(12)},
+                                            r"data/0 holds 12 bytes .* 16 bytes, stored uncompressed"),
+    "a compressed record": (_module(_str("w") + _tensor()), {"0": ("deflate", bytes(16))}, r"stored uncompressed"),
+    "a missing record": (_module(_str("w") + _tensor()), {}, r"names a tensor record archive/data/0 that the archive lacks"),
+    "a global that is not a tensor": (_module(_str("w") + b"cbuiltins\neval\n" + _str("1") + b"\x85R"), None,
+                                      r"refers to builtins\.eval, which is neither a tensor nor a plain container"),
+    "a tensor given state by BUILD": (_module(_str("w") + _tensor() + b"}b"), None, r"sets the state of a Tensor"),
+    "a root that is not a module": (b"\x80\x02}(" + _str("w") + _tensor() + b"u.", None, r"holds a dict, not a TorchScript module"),
+}
+
+
+def _handmade_archive(path, data_pkl: bytes, records) -> None:
+    records = {"0": bytes(struct.pack("<4f", 0.0, 1.0, 2.0, 3.0))} if records is None else records
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/code/__torch__.py", "")  # what marks a TorchScript archive
+        for key, value in records.items():
+            compression = zipfile.ZIP_DEFLATED if isinstance(value, tuple) else zipfile.ZIP_STORED
+            archive.writestr(f"archive/data/{key}", value[1] if isinstance(value, tuple) else value, compression)
+
+
+def test_a_handmade_archive_is_read_by_its_pickle_alone(tmp_path):
+    path = tmp_path / "handmade.pt"
+    _handmade_archive(path, _module(_str("w") + _tensor() + _str("v") + _tensor(numel=4, offset=1, size=(2,), stride=(2,))), None)
+    state_dict, config = read_state_dict(path)
+    assert config is None and sorted(state_dict) == ["v", "w"]
+    assert torch.equal(state_dict["w"], torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+    assert torch.equal(state_dict["v"], torch.tensor([1.0, 3.0]))  # a strided view of the same record
+
+
+@pytest.mark.parametrize("case", HANDMADE)
+def test_a_malformed_archive_is_refused_with_its_problem(tmp_path, case):
+    data_pkl, records, message = HANDMADE[case]
+    path = tmp_path / "handmade.pt"
+    _handmade_archive(path, data_pkl, records)
+    with pytest.raises(ValueError, match=rf"could not read checkpoint .*handmade\.pt: .*{message}"):
+        load(path)
+
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

@@ -9,7 +9,7 @@ from open_clip.model import CLIP as OpenClipCLIP
 from open_clip.model import convert_weights_to_fp16
 
 from clipmini.config import CLIPConfig, TextConfig, VisionConfig
-from clipmini.model import build_model, create_model, load
+from clipmini.model import build_model, create_model, load, read_state_dict
 from clipmini.released import (
     OPENAI_SCALARS,
     compare_features,
@@ -82,6 +82,31 @@ def test_archive_round_trips_through_clipmini(tmp_path, kind):
     # The caller's model is untouched: still float32, same values.
     for k, v in model.state_dict().items():
         assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+def test_archive_is_read_without_running_it(tmp_path, monkeypatch, kind):
+    """The tensors read from data.pkl are exactly torch.jit.load's, and torch.jit.load never runs."""
+    model = tiny_model(kind, seed=2)
+    path = write_openai_archive(model, tmp_path / "model.pt")
+    expected = torch.jit.load(str(path)).state_dict()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load ran")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    read, config = read_state_dict(path)
+    assert config is None and set(read) == set(expected)
+    for k, v in expected.items():
+        assert read[k].dtype == v.dtype and read[k].shape == v.shape and torch.equal(read[k], v), k
+    loaded = load(path)
+    # the same features as the model written, up to the float16 the archive stores
+    reference = build_model(openai_state_dict(model), model.config).eval()
+    images, tokens = inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), reference.encode_image(images))
+        assert torch.equal(loaded.encode_text(tokens), reference.encode_text(tokens))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

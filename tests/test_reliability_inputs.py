@@ -80,7 +80,7 @@ CASES = [
      TypeError, r"truncate must be True or False; got str 'false'"),
     ("text: too long without truncation, through build_classifier",
      lambda e: zeroshot.build_classifier(e.model, clipmini.tokenize, ["dog " * 40], ["a photo of a {}."]),
-     ValueError, r"texts\[0\] is too long: \d+ tokens .*context_length=32.*truncate=True"),
+     ValueError, r"texts\[0\] is too long: it makes more than context_length=32 tokens .*truncate=True"),
     # ---- images
     ("image: one +inf pixel", lambda e: e.model.encode_image(_images(2, 3, 32, 32, fill=INF)),
      ValueError, r"image contains NaN or infinite values"),

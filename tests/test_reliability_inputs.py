@@ -183,6 +183,9 @@ CASES = [
      ValueError, r"chapters that are not in the book: \['99_missing'\]"),
     # ---- data
     ("CSV: a folder instead of a file", lambda e: CsvImageText(e.tmp), FileNotFoundError, r"caption file not found"),
+    ("CSV: an unclosed quote swallows the rest of the file into one field",
+     lambda e: CsvImageText(_write(e, "q.csv", 'filepath,title\na.png,"a cat\n' + "b.png,a dog\n" * 12_000)),
+     ValueError, r"q\.csv, line 2: not a readable ','-separated file from this row on \(field larger .*unclosed quote"),
     ("CSV: rank outside the world", lambda e: CsvImageText(_write(e, "a.csv", "filepath,title\n"), rank=2, world_size=2),
      ValueError, r"need 0 <= rank < world_size; got rank=2, world_size=2"),
     ("WebDataset: no shards", lambda e: WebDatasetImageText([]), ValueError, r"urls names no shard"),
@@ -316,6 +319,40 @@ def test_csv_rows_that_are_not_utf8_are_skipped_and_counted(tmp_path):
     assert dataset.skips.counts["bad_caption"] == 2  # the Latin-1 caption, and the row with no caption column
     assert dataset.skips.counts["missing_file"] == 1  # the empty path
     assert "caf\\udce9" in dataset.skips.report()  # the undecodable byte is shown, escaped
+
+
+def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png((200, 30, 30)))
+    (tmp_path / "pairs.csv").write_text("filepath,title\na.png,a red square\n", encoding="utf-8-sig")  # as Excel saves
+    assert (tmp_path / "pairs.csv").read_bytes().startswith(b"\xef\xbb\xbffilepath")
+    dataset = CsvImageText(tmp_path / "pairs.csv", transform=clip_transform(16))
+    assert [caption for _, caption in dataset] == ["a red square"] and dataset.skips.total == 0
+
+
+def test_csv_rows_with_more_or_fewer_fields_than_the_header_are_skipped_by_line(tmp_path):
+    """An unquoted comma cuts a caption: such a row is not delivered cut, but skipped, counted and named."""
+    (tmp_path / "a.png").write_bytes(_png((200, 30, 30)))
+    rows = (
+        "filepath,title\n"
+        "a.png,a red square\n"
+        "a.png,a red, red square\n"  # line 3: an unquoted comma, 3 fields
+        '"a.png","a quoted, whole caption"\n'
+        'a.png,"a caption\nover two lines"\n'  # lines 5-6: one row
+        "\n"
+        "a.png\n"  # line 8: no caption field
+        "a.png,another, cut, caption\n"  # line 9: 4 fields
+    )
+    (tmp_path / "pairs.csv").write_text(rows)
+    dataset = CsvImageText(tmp_path / "pairs.csv", transform=clip_transform(16))
+    assert len(dataset) == 6
+    with pytest.warns(SkippedSamplesWarning, match=r"skipped 3 of 6 samples \(3 bad caption\); e\.g\. line 3 "):
+        samples = list(dataset)
+    assert [caption for _, caption in samples] == ["a red square", "a quoted, whole caption", "a caption\nover two lines"]
+    assert dataset.skips.examples == [
+        ("bad_caption", "line 3", "3 fields where the header has 2 (an unquoted ',' inside a field cuts it)"),
+        ("bad_caption", "line 8", "1 field where the header has 2"),
+        ("bad_caption", "line 9", "4 fields where the header has 2 (an unquoted ',' inside a field cuts it)"),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ class _Inert:
     __slots__ = ()
 
     def __setstate__(self, state) -> None:
-        raise pickle.UnpicklingError(f"data.pkl sets the state of a {type(self).__name__[1:]}, which no archive does")
+        what = type(self).__name__[1:]
+        raise pickle.UnpicklingError(f"data.pkl sets the state of a {what}, which no archive does")
 
 
 class _StorageType(_Inert):

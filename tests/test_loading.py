@@ -133,7 +133,8 @@ def test_save_keeps_the_config(tmp_path, inputs):
         assert torch.equal(loaded.encode_text(tokens), model.encode_text(tokens))
 
 
-@pytest.mark.parametrize("name, vision_width", [("tiny-vit", "transformer width 64"), ("tiny-rn", "attention-pool width 512")])
+@pytest.mark.parametrize("name, vision_width", [("tiny-vit", "transformer width 64"),
+                                                 ("tiny-rn", "attention-pool width 512")])
 def test_an_unconfigured_file_is_refused_not_misread(tmp_path, name, vision_width):
     """The book's tiny models have 32-channel text heads: from shapes alone one 64-channel head would
     be built, with wrong features. A file without a config is refused; with it, it loads exactly."""
@@ -235,7 +236,8 @@ def test_a_hostile_torchscript_archive_never_runs(tmp_path):
     assert victim.read_text() == "XXXXXXXX user data\n"
     victim.write_text("precious user data\n")
 
-    message = r"ViT-B-32\.pt: __torch__\..*Hostile stores its state as a tuple that only its own __setstate__.*trust_code=True"
+    message = r"ViT-B-32\.pt: __torch__\..*Hostile stores its state as a tuple that only its own __setstate__" \
+              r".*trust_code=True"
     with pytest.raises(ValueError, match=message):
         load(path)
     with pytest.raises(ValueError, match=message):
@@ -247,16 +249,20 @@ def _str(text: str) -> bytes:
     return b"X" + struct.pack("<I", len(text.encode())) + text.encode()  # BINUNICODE
 
 
-def _ints(values) -> bytes:
-    return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"  # a tuple of BININTs
+def _int(value: int) -> bytes:
+    return b"J" + struct.pack("<i", value)  # BININT
+
+
+def _tuple(values) -> bytes:
+    return b"(" + b"".join(_int(v) for v in values) + b"t"  # MARK ... TUPLE
 
 
 def _tensor(numel=4, offset=0, size=(2, 2), stride=(2, 1)) -> bytes:
     """Pickle opcodes of one float32 tensor in record data/0, as torch.jit.save writes them."""
-    storage = b"(" + _str("storage") + b"ctorch\nFloatStorage\n" + _str("0") + _str("cpu") + _ints([numel])[1:] + b"Q"
+    storage = b"(" + _str("storage") + b"ctorch\nFloatStorage\n" + _str("0") + _str("cpu") + _int(numel) + b"tQ"
     hooks = b"ccollections\nOrderedDict\n)R"
-    return b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"J" + struct.pack("<i", offset) + _ints(size) \
-        + _ints(stride) + b"\x89" + hooks + b"tR"
+    arguments = storage + _int(offset) + _tuple(size) + _tuple(stride) + b"\x89" + hooks  # \x89: False
+    return b"ctorch._utils\n_rebuild_tensor_v2\n(" + arguments + b"tR"
 
 
 def _module(attributes: bytes) -> bytes:
@@ -264,16 +270,17 @@ def _module(attributes: bytes) -> bytes:
     return b"\x80\x02c__torch__\nM\n)\x81}(" + attributes + b"ub."
 
 
-HANDMADE = {  # data.pkl, records: what a hand-written archive holds; the error it must raise
+WEIGHT = _str("w") + _tensor()
+HANDMADE = {  # data.pkl, records (None: the right 16 bytes), the error the archive must raise
     "a view past its storage": (_module(_str("w") + _tensor(offset=1)), None, r"reaches past its storage of 4 values"),
-    "a record shorter than data.pkl says": (_module(_str("w") + _tensor()), {"0": bytes(12)},
+    "a record shorter than data.pkl says": (_module(WEIGHT), {"0": bytes(12)},
                                             r"data/0 holds 12 bytes .* 16 bytes, stored uncompressed"),
-    "a compressed record": (_module(_str("w") + _tensor()), {"0": ("deflate", bytes(16))}, r"stored uncompressed"),
-    "a missing record": (_module(_str("w") + _tensor()), {}, r"names a tensor record archive/data/0 that the archive lacks"),
+    "a compressed record": (_module(WEIGHT), {"0": ("deflate", bytes(16))}, r"stored uncompressed"),
+    "a missing record": (_module(WEIGHT), {}, r"names a tensor record archive/data/0 that the archive lacks"),
     "a global that is not a tensor": (_module(_str("w") + b"cbuiltins\neval\n" + _str("1") + b"\x85R"), None,
                                       r"refers to builtins\.eval, which is neither a tensor nor a plain container"),
-    "a tensor given state by BUILD": (_module(_str("w") + _tensor() + b"}b"), None, r"sets the state of a Tensor"),
-    "a root that is not a module": (b"\x80\x02}(" + _str("w") + _tensor() + b"u.", None, r"holds a dict, not a TorchScript module"),
+    "a tensor given state by BUILD": (_module(WEIGHT + b"}b"), None, r"sets the state of a Tensor"),
+    "a root that is not a module": (b"\x80\x02}(" + WEIGHT + b"u.", None, r"holds a dict, not a TorchScript module"),
 }
 
 
@@ -289,11 +296,12 @@ def _handmade_archive(path, data_pkl: bytes, records) -> None:
 
 def test_a_handmade_archive_is_read_by_its_pickle_alone(tmp_path):
     path = tmp_path / "handmade.pt"
-    _handmade_archive(path, _module(_str("w") + _tensor() + _str("v") + _tensor(numel=4, offset=1, size=(2,), stride=(2,))), None)
+    view = _str("v") + _tensor(numel=4, offset=1, size=(2,), stride=(2,))  # a strided view of the same record
+    _handmade_archive(path, _module(WEIGHT + view), None)
     state_dict, config = read_state_dict(path)
     assert config is None and sorted(state_dict) == ["v", "w"]
     assert torch.equal(state_dict["w"], torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
-    assert torch.equal(state_dict["v"], torch.tensor([1.0, 3.0]))  # a strided view of the same record
+    assert torch.equal(state_dict["v"], torch.tensor([1.0, 3.0]))
 
 
 @pytest.mark.parametrize("case", HANDMADE)

@@ -185,7 +185,7 @@ CASES = [
     ("CSV: a folder instead of a file", lambda e: CsvImageText(e.tmp), FileNotFoundError, r"caption file not found"),
     ("CSV: an unclosed quote swallows the rest of the file into one field",
      lambda e: CsvImageText(_write(e, "q.csv", 'filepath,title\na.png,"a cat\n' + "b.png,a dog\n" * 12_000)),
-     ValueError, r"q\.csv, line 2: not a readable ','-separated file from this row on \(field larger .*unclosed quote"),
+     ValueError, r"q\.csv, line 2: not a readable ','-separated file from this row on \(field larger .*quote"),
     ("CSV: rank outside the world", lambda e: CsvImageText(_write(e, "a.csv", "filepath,title\n"), rank=2, world_size=2),
      ValueError, r"need 0 <= rank < world_size; got rank=2, world_size=2"),
     ("WebDataset: no shards", lambda e: WebDatasetImageText([]), ValueError, r"urls names no shard"),
@@ -323,7 +323,8 @@ def test_csv_rows_that_are_not_utf8_are_skipped_and_counted(tmp_path):
 
 def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
     (tmp_path / "a.png").write_bytes(_png((200, 30, 30)))
-    (tmp_path / "pairs.csv").write_text("filepath,title\na.png,a red square\n", encoding="utf-8-sig")  # as Excel saves
+    # utf-8-sig starts the file with a byte-order mark, as Excel does
+    (tmp_path / "pairs.csv").write_text("filepath,title\na.png,a red square\n", encoding="utf-8-sig")
     assert (tmp_path / "pairs.csv").read_bytes().startswith(b"\xef\xbb\xbffilepath")
     dataset = CsvImageText(tmp_path / "pairs.csv", transform=clip_transform(16))
     assert [caption for _, caption in dataset] == ["a red square"] and dataset.skips.total == 0
@@ -347,7 +348,8 @@ def test_csv_rows_with_more_or_fewer_fields_than_the_header_are_skipped_by_line(
     assert len(dataset) == 6
     with pytest.warns(SkippedSamplesWarning, match=r"skipped 3 of 6 samples \(3 bad caption\); e\.g\. line 3 "):
         samples = list(dataset)
-    assert [caption for _, caption in samples] == ["a red square", "a quoted, whole caption", "a caption\nover two lines"]
+    captions = [caption for _, caption in samples]
+    assert captions == ["a red square", "a quoted, whole caption", "a caption\nover two lines"]
     assert dataset.skips.examples == [
         ("bad_caption", "line 3", "3 fields where the header has 2 (an unquoted ',' inside a field cuts it)"),
         ("bad_caption", "line 8", "1 field where the header has 2"),

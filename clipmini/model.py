@@ -1,8 +1,8 @@
 """The CLIP model: an image tower and a text tower projected into one embedding space.
 
 The module also reads checkpoints. Its parameter names are those of OpenAI's released `state_dict`s,
-so `build_model` can infer the configuration from a checkpoint and load it strictly, and `load`
-opens OpenAI's TorchScript archives, open_clip's pickles and safetensors files.
+so `build_model` loads them strictly (inferring the configuration where the shapes fix it), and
+`load` opens OpenAI's TorchScript archives, open_clip's pickles and safetensors files.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pickle
 import urllib.parse
 import urllib.request
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from .config import CLIPConfig, TextConfig, VisionConfig, get_config
 from .fileio import atomic_open, atomic_write_bytes, sha256_file
+from .torchscript import is_torchscript_archive, read_torchscript_weights
 from .towers import LayerNorm, Transformer, build_vision_tower
 
 __all__ = [
@@ -221,12 +221,8 @@ def _block_indices(state_dict: Mapping, prefix: str) -> set[int]:
     return found
 
 
-def infer_config(state_dict: Mapping[str, torch.Tensor], head_width: int = 64, quick_gelu: bool = True) -> CLIPConfig:
-    """The `CLIPConfig` that an OpenAI-format `state_dict` was made with.
-
-    Shapes do not record the number of heads or the activation, so `head_width` (64 in every
-    released model) and `quick_gelu` (True for OpenAI's weights) are taken as given.
-    """
+def _shapes(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, dict, dict]:
+    """What the weights' shapes say: `embed_dim`, and the two towers' config fields but `head_width`."""
     text_projection = _need(state_dict, "text_projection", "the text tower's projection")
     positional = _need(state_dict, "positional_embedding", "the text positional embedding")
     token_embedding = _need(state_dict, "token_embedding.weight", "the token embedding")
@@ -243,7 +239,6 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], head_width: int = 64, q
             ),
             width=conv1.shape[0],
             patch_size=patch,
-            head_width=head_width,
         )
     elif "visual.attnpool.positional_embedding" in state_dict:  # ModifiedResNet
         pos = state_dict["visual.attnpool.positional_embedding"]
@@ -254,7 +249,6 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], head_width: int = 64, q
             layers=tuple(len(_block_indices(state_dict, f"visual.layer{b}")) for b in (1, 2, 3, 4)),
             width=width,
             patch_size=None,
-            head_width=head_width,
         )
     else:
         raise ValueError(
@@ -266,14 +260,56 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], head_width: int = 64, q
         vocab_size=token_embedding.shape[0],
         width=ln_final.shape[0],
         layers=len(_block_indices(state_dict, "transformer.resblocks")),
-        head_width=head_width,
     )
+    return text_projection.shape[1], vision, text
+
+
+def _openai_release(embed_dim: int, vision: dict, text: dict) -> str | None:
+    """The name of OpenAI's released model with exactly these shapes, if there is one."""
+    try:
+        config = CLIPConfig(embed_dim, VisionConfig(**vision), TextConfig(**text))  # 64-wide heads, QuickGELU
+    except (TypeError, ValueError):
+        return None
+    return next((name for name in KNOWN_CHECKPOINTS if get_config(name) == config), None)
+
+
+def infer_config(
+    state_dict: Mapping[str, torch.Tensor], head_width: int | None = None, quick_gelu: bool | None = None
+) -> CLIPConfig:
+    """The `CLIPConfig` that an OpenAI-format `state_dict` was made with.
+
+    Shapes record neither the channels per attention head nor the activation: give them as
+    `head_width` (both towers) and `quick_gelu`. Left out, they take OpenAI's convention (64, True)
+    only when the shapes are exactly those of one of OpenAI's released models; otherwise this
+    raises ValueError rather than guess.
+    """
+    embed_dim, vision, text = _shapes(state_dict)
+    if head_width is None or quick_gelu is None:
+        if _openai_release(embed_dim, vision, text) is None:
+            unknown = []
+            if head_width is None:
+                pool = "attention-pool" if vision["patch_size"] is None else "transformer"
+                vision_width = vision["width"] * (32 if vision["patch_size"] is None else 1)
+                unknown.append(
+                    f"how many attention heads split the text width {text['width']} and the vision "
+                    f"{pool} width {vision_width}"
+                )
+            if quick_gelu is None:
+                unknown.append("whether the activation is QuickGELU or GELU")
+            raise ValueError(
+                f"the weights' shapes do not tell {' or '.join(unknown)}, and they are not the shapes of "
+                "one of OpenAI's released models (where 64-channel heads and QuickGELU are known). Pass the "
+                "architecture: config= a CLIPConfig or a model name (load(path, config='tiny-vit'), "
+                "build_model(state_dict, config=...)), or config=infer_config(state_dict, head_width=..., "
+                "quick_gelu=...)"
+            )
+    head_width = 64 if head_width is None else head_width
     try:
         return CLIPConfig(
-            embed_dim=text_projection.shape[1],
-            vision=VisionConfig(**vision),
-            text=TextConfig(**text),
-            quick_gelu=quick_gelu,
+            embed_dim=embed_dim,
+            vision=VisionConfig(**vision, head_width=head_width),
+            text=TextConfig(**text, head_width=head_width),
+            quick_gelu=True if quick_gelu is None else quick_gelu,
         )
     except (TypeError, ValueError) as err:
         raise ValueError(
@@ -286,8 +322,9 @@ def _first(names: list[str], n: int = 5) -> str:
     return f"{shown}, ... ({len(names)} in all)" if len(names) > n else shown
 
 
-def build_model(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig | None = None) -> CLIP:
-    """A fp32 `CLIP` holding `state_dict`'s weights; the config is inferred unless given.
+def build_model(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig | str | Mapping | None = None) -> CLIP:
+    """A fp32 `CLIP` holding `state_dict`'s weights; the config (a `CLIPConfig`, a model name or a
+    dict) is inferred unless given, which `infer_config` refuses where the shapes are ambiguous.
 
     Raises ValueError naming the missing, unexpected and mis-shaped keys if the weights do not fit.
     """
@@ -297,8 +334,7 @@ def build_model(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig | Non
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ValueError(f"state_dict values must be tensors; these are not: {_first(not_tensors)}")
-    if config is None:
-        config = infer_config(state_dict)
+    config = infer_config(state_dict) if config is None else _as_config(config, "build_model's config")
     with torch.device("meta"):  # shapes only: no memory, no random init
         model = CLIP(config)
     expected = model.state_dict()
@@ -324,19 +360,20 @@ def build_model(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig | Non
     return model
 
 
+def _as_config(name_or_config: str | CLIPConfig | Mapping, what: str) -> CLIPConfig:
+    """A `CLIPConfig` from a name in `MODEL_CONFIGS`, a `CLIPConfig` or its dict."""
+    if isinstance(name_or_config, str):
+        return get_config(name_or_config)
+    if isinstance(name_or_config, CLIPConfig):
+        return name_or_config
+    if isinstance(name_or_config, Mapping):
+        return CLIPConfig.from_dict(dict(name_or_config))
+    raise TypeError(f"{what} expects a model name, a CLIPConfig or a dict; got {type(name_or_config).__name__}")
+
+
 def create_model(name_or_config: str | CLIPConfig | Mapping) -> CLIP:
     """A randomly initialized CLIP from a name in `MODEL_CONFIGS`, a `CLIPConfig` or its dict."""
-    if isinstance(name_or_config, str):
-        config = get_config(name_or_config)
-    elif isinstance(name_or_config, CLIPConfig):
-        config = name_or_config
-    elif isinstance(name_or_config, Mapping):
-        config = CLIPConfig.from_dict(dict(name_or_config))
-    else:
-        raise TypeError(
-            f"create_model expects a model name, a CLIPConfig or a dict; got {type(name_or_config).__name__}"
-        )
-    return CLIP(config)
+    return CLIP(_as_config(name_or_config, "create_model"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,18 +392,6 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and 0 < int.from_bytes(head[:8], "little") < 2**28 and head[8:] == b"{"
 
 
-def _is_torchscript_zip(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    # torch.save zips hold data.pkl and tensor records; TorchScript adds code/ and constants.pkl.
-    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
-
-
 def _strip_prefixes(state_dict: dict) -> dict:
     """Remove wrappers' prefixes: DDP's `module.` and torch.compile's `_orig_mod.`."""
     out = {}
@@ -378,13 +403,18 @@ def _strip_prefixes(state_dict: dict) -> dict:
     return out
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CLIPConfig | None]:
+def read_state_dict(
+    path: str | os.PathLike, *, trust_code: bool = False
+) -> tuple[dict[str, torch.Tensor], CLIPConfig | None]:
     """The CPU state_dict in a checkpoint file, and the CLIPConfig stored with it, if any.
 
-    Reads safetensors files; OpenAI's TorchScript archives (with `torch.jit.load`, which runs
-    the archive's code: open only files you trust); and pickles with `torch.load(weights_only=True)`,
+    Reads safetensors files; OpenAI's TorchScript archives, whose tensors are read without running
+    any code from the file (`trust_code=True` opens them with `torch.jit.load` instead, which runs
+    the archive's code: only for files you trust); and pickles with `torch.load(weights_only=True)`,
     either a bare state_dict or `{"state_dict": ..., "config": ...}`.
     """
+    if not isinstance(trust_code, bool):
+        raise TypeError(f"trust_code must be True or False; got {type(trust_code).__name__} {trust_code!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -400,12 +430,13 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
                     state_dict[key] = f.get_tensor(key)
             if _CONFIG_METADATA_KEY in metadata:
                 config_dict = json.loads(metadata[_CONFIG_METADATA_KEY])
-        elif _is_torchscript_zip(path):
-            # Executes TorchScript code from the archive; done only for a path the caller named.
+        elif is_torchscript_archive(path) and trust_code:
             with warnings.catch_warnings():  # TorchScript is deprecated, but OpenAI ships it
                 warnings.simplefilter("ignore", FutureWarning)
-                archive = torch.jit.load(str(path), map_location="cpu")
+                archive = torch.jit.load(str(path), map_location="cpu")  # runs the archive's code
             state_dict = dict(archive.state_dict())
+        elif is_torchscript_archive(path):
+            state_dict = read_torchscript_weights(path)
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, Mapping) and "state_dict" in obj:
@@ -507,13 +538,18 @@ def download_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) -
 def load(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
-    config: CLIPConfig | None = None,
+    config: CLIPConfig | str | Mapping | None = None,
     cache_dir: str | os.PathLike | None = None,
+    *,
+    trust_code: bool = False,
 ) -> CLIP:
     """A fp32 CLIP in eval mode from a checkpoint file or a known name (downloaded and verified).
 
-    The config comes from `config`, else the one stored in the file, else the named model's,
-    else it is inferred from the weights' shapes (with 64-channel heads and QuickGELU).
+    The config comes from `config` (a `CLIPConfig`, a model name or a dict), else the one stored
+    in the file, else the named model's, else the weights' shapes, which `infer_config` reads only
+    where they are unambiguous (OpenAI's released architectures); otherwise it raises ValueError.
+    TorchScript archives are read without running their code; `trust_code=True` opens them with
+    `torch.jit.load`, which runs it (see `read_state_dict`).
     """
     path = Path(name_or_path)
     named_config = None
@@ -526,9 +562,10 @@ def load(
                 f"no checkpoint file at {str(name_or_path)!r}, and it is not a known checkpoint "
                 f"name ({', '.join(KNOWN_CHECKPOINTS)})"
             )
-    state_dict, stored_config = read_state_dict(path)
+    config = None if config is None else _as_config(config, "load's config")
+    state_dict, stored_config = read_state_dict(path, trust_code=trust_code)
     try:
         model = build_model(state_dict, config or stored_config or named_config)
     except ValueError as err:
-        raise ValueError(f"checkpoint {path} is not a CLIP model this package can load: {err}") from err
+        raise ValueError(f"cannot load checkpoint {path}: {err}") from err
     return model.to(device).eval()

@@ -95,8 +95,9 @@ def write_openai_archive(model: CLIP, path: str | os.PathLike) -> Path:
     """Write `model` as a TorchScript archive in OpenAI's layout (keys, dtypes, scalars), atomically.
 
     The archive's code is traced on the CPU in float32, then its weights are cast to
-    `released_dtypes`; OpenAI traced theirs on a GPU in float16. Loaders (`clipmini.load`,
-    open_clip's `load_openai_model`) read only the archive's `state_dict`, never run its code.
+    `released_dtypes`; OpenAI traced theirs on a GPU in float16. Loaders use only the archive's
+    `state_dict`: `clipmini.load` reads it without running the code, open_clip's `load_openai_model`
+    through `torch.jit.load`.
     """
     if not isinstance(model, CLIP):
         raise TypeError(f"write_openai_archive expects a clipmini CLIP; got {type(model).__name__}")

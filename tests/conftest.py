@@ -1,5 +1,7 @@
 """Test-suite settings shared by every test file."""
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import settings
@@ -18,3 +20,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def bpe_inputs():
+    """`with bpe_inputs(tokenizer, most) as sizes:` records the length of every word the tokenizer
+    hands to BPE, the measure of its work, and fails at once on a word longer than `most` bytes
+    (before a BPE of it, quadratic in its length, could run)."""
+
+    @contextlib.contextmanager
+    def record(tokenizer, most: int):
+        sizes, real = [], tokenizer._bpe
+
+        def spy(word):
+            sizes.append(len(word))
+            assert len(word) <= most, f"BPE was handed a {len(word)}-byte word; at most {most} expected"
+            return real(word)
+
+        tokenizer._bpe = spy  # the instance attribute hides the method
+        try:
+            yield sizes
+        finally:
+            del tokenizer._bpe
+
+    return record

@@ -9,7 +9,7 @@ from open_clip.model import CLIP as OpenClipCLIP
 from open_clip.model import convert_weights_to_fp16
 
 from clipmini.config import CLIPConfig, TextConfig, VisionConfig
-from clipmini.model import build_model, create_model, load
+from clipmini.model import build_model, create_model, load, read_state_dict
 from clipmini.released import (
     OPENAI_SCALARS,
     compare_features,
@@ -21,8 +21,8 @@ from clipmini.released import (
 
 torch.set_num_threads(1)
 
-# Tiny towers with 64-channel heads, as in OpenAI's models, so that both loaders infer the same
-# configuration from the weights' shapes alone.
+# Tiny towers with 64-channel heads, as in OpenAI's models, so that open_clip (which assumes them)
+# infers the same configuration from the weights' shapes; clipmini is given the config.
 TEXT = dict(context_length=16, vocab_size=512, width=64, layers=2)
 VISION = {
     "vit": dict(image_size=32, layers=2, width=64, patch_size=8),
@@ -51,7 +51,7 @@ def test_released_dtypes_match_open_clips_conversion(kind):
     torch.manual_seed(0)
     vision = {k: v for k, v in VISION[kind].items() if v is not None}
     theirs = OpenClipCLIP(32, vision, dict(TEXT, heads=1), quick_gelu=True)
-    ours = build_model(theirs.state_dict())
+    ours = build_model(theirs.state_dict(), tiny_model(kind).config)
     convert_weights_to_fp16(theirs)  # open_clip's own copy of OpenAI's convert_weights
     expected = {k: v.dtype for k, v in theirs.state_dict().items()}
     assert released_dtypes(ours) == expected
@@ -74,7 +74,7 @@ def test_archive_round_trips_through_clipmini(tmp_path, kind):
     for k, v in expected.items():
         assert torch.equal(archive_state[k], v), k
 
-    loaded = load(path)
+    loaded = load(path, config=model.config)
     assert loaded.config == model.config
     for k, v in loaded.state_dict().items():  # fp32 again, holding the fp16-rounded values
         assert v.dtype == model.state_dict()[k].dtype
@@ -86,9 +86,35 @@ def test_archive_round_trips_through_clipmini(tmp_path, kind):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
+def test_archive_is_read_without_running_it(tmp_path, monkeypatch, kind):
+    """The tensors read from data.pkl are exactly torch.jit.load's, and torch.jit.load never runs."""
+    model = tiny_model(kind, seed=2)
+    path = write_openai_archive(model, tmp_path / "model.pt")
+    expected = torch.jit.load(str(path)).state_dict()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load ran")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    read, config = read_state_dict(path)
+    assert config is None and set(read) == set(expected)
+    for k, v in expected.items():
+        assert read[k].dtype == v.dtype and read[k].shape == v.shape and torch.equal(read[k], v), k
+    loaded = load(path, config=model.config)
+    # the same features as the model written, up to the float16 the archive stores
+    reference = build_model(openai_state_dict(model), model.config).eval()
+    images, tokens = inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), reference.encode_image(images))
+        assert torch.equal(loaded.encode_text(tokens), reference.encode_text(tokens))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
 def test_open_clip_reads_the_archive_to_the_same_features(tmp_path, kind):
-    path = write_openai_archive(tiny_model(kind, seed=1), tmp_path / "model.pt")
-    ours = load(path)
+    model = tiny_model(kind, seed=1)
+    path = write_openai_archive(model, tmp_path / "model.pt")
+    ours = load(path, config=model.config)
     theirs = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
     assert set(theirs.state_dict()) == set(ours.state_dict())
     images, tokens = inputs()

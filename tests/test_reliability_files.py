@@ -3,10 +3,12 @@
 - A malicious pickle (its `__reduce__` runs a shell command or Python code) handed to every loader that
   reads checkpoint-like files never runs: the marker file it would write never appears, and the loader
   raises an error that says the file is not a checkpoint it can read.
-- A static guard over the package source: pickles are read only by `torch.load(weights_only=True)`,
-  and `torch.jit.load` (which runs the archive's TorchScript) appears only in `read_state_dict`.
-- `load(name)` verifies the file's sha256 before `torch.jit.load` opens it (tests serve files from file://
-  URLs under a monkeypatched `KNOWN_CHECKPOINTS`; no network).
+- A static guard over the package source: pickles are read only by `torch.load(weights_only=True)` and
+  by the one reviewed restricted unpickler (`torchscript._WeightsUnpickler`), and `torch.jit.load`
+  (which runs the archive's TorchScript) appears only in `read_state_dict`, behind `trust_code=True`.
+- `load(name)` verifies the file's sha256 before opening it, and TorchScript never runs unless the caller
+  passes `trust_code=True` (tests serve files from file:// URLs under a monkeypatched
+  `KNOWN_CHECKPOINTS`; no network).
 
 Owners' tests cover the rest: test_loading.py (`test_pickle_with_arbitrary_objects_is_refused`,
 `test_tampered_download_is_rejected`, `test_tampered_cache_is_downloaded_again`), test_tokenizer.py (the
@@ -135,7 +137,9 @@ def _load_cifar(path: Path, marker_dir: Path):
 
 
 LOADERS = {
-    "clipmini.load": (_load_model, ValueError, r"could not read checkpoint .*(weights_only=True|truncated, corrupt or not a checkpoint)"),
+    "clipmini.load": (_load_model, ValueError,
+                      r"could not read checkpoint .*(weights_only=True|truncated, corrupt or not a checkpoint|"
+                      r"neither a tensor nor a plain container)"),
     "read_state_dict": (_read_state_dict, ValueError, r"could not read checkpoint"),
     "checkpoint.load_weights": (_load_weights, CheckpointError, r"model\.safetensors is truncated or corrupt"),
     "checkpoint.load_checkpoint": (_load_checkpoint, CheckpointError, r"model\.safetensors is truncated or corrupt"),
@@ -194,10 +198,50 @@ def _imports():
                 yield file.name, "", [a.name for a in node.names]
 
 
+def _unpickler_classes():
+    """(file, class name) of every subclass of an Unpickler in clipmini's source."""
+    for file in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ClassDef) and any(_dotted(b).endswith("Unpickler") for b in node.bases):
+                yield file.relative_to(PACKAGE).as_posix(), node.name
+
+
+def _jit_load_conditions():
+    """For each torch.jit.load call in model.read_state_dict, the names in the tests of the ifs around it."""
+    tree = ast.parse((PACKAGE / "model.py").read_text())
+    function = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "read_state_dict")
+    found = []
+
+    def visit(node, names):
+        if isinstance(node, ast.Call) and _dotted(node.func) == "torch.jit.load":
+            found.append(names)
+        for field, value in ast.iter_fields(node):
+            children = value if isinstance(value, list) else [value]
+            inner = names | {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)} \
+                if isinstance(node, ast.If) and field == "body" else names
+            for child in children:
+                if isinstance(child, ast.AST):
+                    visit(child, inner)
+
+    visit(function, frozenset())
+    return found
+
+
 def test_the_guard_sees_the_calls_it_guards():
     calls = {(f, w, c) for f, w, c, _ in _package_calls()}
     assert ("model.py", "read_state_dict", "torch.jit.load") in calls
     assert ("model.py", "read_state_dict", "torch.load") in calls
+    assert ("torchscript.py", "_WeightsUnpickler") in set(_unpickler_classes())
+    assert len(_jit_load_conditions()) == 1
+
+
+# The restricted unpicklers, reviewed: each overrides find_class and builds only inert records.
+UNPICKLERS_ALLOWED = {("torchscript.py", "_WeightsUnpickler")}
+
+
+def test_the_only_unpickler_is_the_reviewed_one_and_torchscript_runs_only_on_trust_code():
+    assert set(_unpickler_classes()) <= UNPICKLERS_ALLOWED
+    assert all("trust_code" in names for names in _jit_load_conditions())
 
 
 # Reviewed exceptions: (file, function) -> why a full unpickle is safe there.
@@ -247,7 +291,7 @@ def test_yaml_loader_of_train_is_a_safe_loader():
 
 
 # ------------------------------------------------------------------------------------------------
-# load(name): sha256 first, then TorchScript
+# load(name): sha256 first; TorchScript only with trust_code=True
 
 
 @pytest.fixture(scope="module")
@@ -299,16 +343,16 @@ def test_load_by_name_opens_only_a_verified_archive(tmp_path, monkeypatch, archi
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
     cache = tmp_path / "cache"
 
-    # a download whose bytes differ from the known sha256: refused before torch.jit.load sees it
+    # a download whose bytes differ from the known sha256: refused before anything reads it
     _serve(monkeypatch, _tampered_copy(source, tmp_path / "evil-server"), sha)
     with pytest.raises(ValueError, match="sha256 mismatch .*tampered"):
         clipmini.load("tiny-vit", cache_dir=cache)
     assert jit_loads == [] and not any(cache.iterdir())
 
-    # the genuine file: verified, cached, then opened
+    # the genuine file: verified, cached, then read (its tensors only: torch.jit.load never runs)
     _serve(monkeypatch, source, sha)
     loaded = clipmini.load("tiny-vit", cache_dir=cache)
-    assert jit_loads == [(cache / "tiny-vit.pt", sha)]
+    assert jit_loads == [] and (cache / "tiny-vit.pt").read_bytes() == source.read_bytes()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), model.encode_image(images))
@@ -318,17 +362,19 @@ def test_load_by_name_opens_only_a_verified_archive(tmp_path, monkeypatch, archi
     _serve(monkeypatch, _tampered_copy(source, tmp_path / "evil-server"), sha)
     with pytest.warns(UserWarning, match="does not match its sha256"), pytest.raises(ValueError, match="sha256 mismatch"):
         clipmini.load("tiny-vit", cache_dir=cache)
-    assert len(jit_loads) == 1  # still only the verified load above
+    assert jit_loads == []
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_torchscript_runs_only_for_an_archive_the_user_names(tmp_path, archive, jit_loads):
+def test_torchscript_runs_only_with_trust_code(tmp_path, archive, jit_loads):
     source, model = archive
-    # the same weights as safetensors and as a weights-only pickle: no TorchScript involved
+    # the same weights as safetensors, as a weights-only pickle and as TorchScript: no code runs
     save(model, tmp_path / "w.safetensors")
     torch.save(model.state_dict(), tmp_path / "w.pt")
-    for path in (tmp_path / "w.safetensors", tmp_path / "w.pt"):
+    for path in (tmp_path / "w.safetensors", tmp_path / "w.pt", source):
         clipmini.load(path, config=model.config)
     assert jit_loads == []
-    clipmini.load(source, config=model.config)  # a TorchScript archive the caller named explicitly
+    trusted = clipmini.load(source, config=model.config, trust_code=True)  # the caller's explicit choice
     assert [p for p, _ in jit_loads] == [source]
+    read, _ = read_state_dict(source)
+    assert all(torch.equal(read[k], v) for k, v in trusted.state_dict().items())

@@ -80,7 +80,7 @@ CASES = [
      TypeError, r"truncate must be True or False; got str 'false'"),
     ("text: too long without truncation, through build_classifier",
      lambda e: zeroshot.build_classifier(e.model, clipmini.tokenize, ["dog " * 40], ["a photo of a {}."]),
-     ValueError, r"texts\[0\] is too long: \d+ tokens .*context_length=32.*truncate=True"),
+     ValueError, r"texts\[0\] is too long: it makes more than context_length=32 tokens .*truncate=True"),
     # ---- images
     ("image: one +inf pixel", lambda e: e.model.encode_image(_images(2, 3, 32, 32, fill=INF)),
      ValueError, r"image contains NaN or infinite values"),
@@ -183,6 +183,9 @@ CASES = [
      ValueError, r"chapters that are not in the book: \['99_missing'\]"),
     # ---- data
     ("CSV: a folder instead of a file", lambda e: CsvImageText(e.tmp), FileNotFoundError, r"caption file not found"),
+    ("CSV: an unclosed quote swallows the rest of the file into one field",
+     lambda e: CsvImageText(_write(e, "q.csv", 'filepath,title\na.png,"a cat\n' + "b.png,a dog\n" * 12_000)),
+     ValueError, r"q\.csv, line 2: not a readable ','-separated file from this row on \(field larger .*quote"),
     ("CSV: rank outside the world", lambda e: CsvImageText(_write(e, "a.csv", "filepath,title\n"), rank=2, world_size=2),
      ValueError, r"need 0 <= rank < world_size; got rank=2, world_size=2"),
     ("WebDataset: no shards", lambda e: WebDatasetImageText([]), ValueError, r"urls names no shard"),
@@ -192,7 +195,7 @@ CASES = [
     # ---- checkpoints
     ("load: weights of another architecture than the config given",
      lambda e: load(_saved_tiny_vit(e), config=get_config("tiny-rn")),
-     ValueError, r"tiny-vit\.safetensors is not a CLIP model this package can load: .*missing keys: visual\."),
+     ValueError, r"cannot load checkpoint .*tiny-vit\.safetensors: .*missing keys: visual\."),
     ("load: a folder", lambda e: load(e.tmp), FileNotFoundError, r"no checkpoint file at .*not a known checkpoint name"),
     ("save: not a clipmini CLIP", lambda e: save(torch.nn.Linear(2, 2), e.tmp / "x.safetensors"),
      TypeError, r"save expects a clipmini CLIP .*; got Linear"),
@@ -316,6 +319,42 @@ def test_csv_rows_that_are_not_utf8_are_skipped_and_counted(tmp_path):
     assert dataset.skips.counts["bad_caption"] == 2  # the Latin-1 caption, and the row with no caption column
     assert dataset.skips.counts["missing_file"] == 1  # the empty path
     assert "caf\\udce9" in dataset.skips.report()  # the undecodable byte is shown, escaped
+
+
+def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png((200, 30, 30)))
+    # utf-8-sig starts the file with a byte-order mark, as Excel does
+    (tmp_path / "pairs.csv").write_text("filepath,title\na.png,a red square\n", encoding="utf-8-sig")
+    assert (tmp_path / "pairs.csv").read_bytes().startswith(b"\xef\xbb\xbffilepath")
+    dataset = CsvImageText(tmp_path / "pairs.csv", transform=clip_transform(16))
+    assert [caption for _, caption in dataset] == ["a red square"] and dataset.skips.total == 0
+
+
+def test_csv_rows_with_more_or_fewer_fields_than_the_header_are_skipped_by_line(tmp_path):
+    """An unquoted comma cuts a caption: such a row is not delivered cut, but skipped, counted and named."""
+    (tmp_path / "a.png").write_bytes(_png((200, 30, 30)))
+    rows = (
+        "filepath,title\n"
+        "a.png,a red square\n"
+        "a.png,a red, red square\n"  # line 3: an unquoted comma, 3 fields
+        '"a.png","a quoted, whole caption"\n'
+        'a.png,"a caption\nover two lines"\n'  # lines 5-6: one row
+        "\n"
+        "a.png\n"  # line 8: no caption field
+        "a.png,another, cut, caption\n"  # line 9: 4 fields
+    )
+    (tmp_path / "pairs.csv").write_text(rows)
+    dataset = CsvImageText(tmp_path / "pairs.csv", transform=clip_transform(16))
+    assert len(dataset) == 6
+    with pytest.warns(SkippedSamplesWarning, match=r"skipped 3 of 6 samples \(3 bad caption\); e\.g\. line 3 "):
+        samples = list(dataset)
+    captions = [caption for _, caption in samples]
+    assert captions == ["a red square", "a quoted, whole caption", "a caption\nover two lines"]
+    assert dataset.skips.examples == [
+        ("bad_caption", "line 3", "3 fields where the header has 2 (an unquoted ',' inside a field cuts it)"),
+        ("bad_caption", "line 8", "1 field where the header has 2"),
+        ("bad_caption", "line 9", "4 fields where the header has 2 (an unquoted ',' inside a field cuts it)"),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------

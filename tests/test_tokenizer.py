@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import pickle
+import random
+import string
 import subprocess
 import sys
 import urllib.error
@@ -20,6 +22,13 @@ from clipmini.tokenizer import Tokenizer, clean_text, tokenize
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")  # the oracle; a test dependency
 
 SOT, EOT = 49406, 49407
+LONGEST_TOKEN = 32  # bytes in OpenAI's longest token (checked in test_layout_of_openai_vocabulary)
+
+
+def most_bpe_bytes(context_length: int) -> int:
+    """The longest word BPE may see when truncating: what context_length - 1 of the longest tokens
+    hold (one id more than fits tells a text too long), plus a margin of 4 such tokens."""
+    return (context_length - 1 + 4) * LONGEST_TOKEN
 
 # Checked against OpenAI's reference; written out here so that a wrong oracle cannot hide a bug.
 GOLDEN = {
@@ -142,6 +151,7 @@ def test_layout_of_openai_vocabulary(tok):
     assert tok.id_to_token(188) == "\u0100" and tok.id_to_token(188 + 32) == "\u0120"  # byte 0, byte 32 (space)
     assert len(tok.merges) == 48894
     assert tok.id_to_token(512) == "".join(tok.merges[0])
+    assert max(len(tok.id_to_token(i).removesuffix("</w>")) for i in range(SOT)) == LONGEST_TOKEN
 
 
 @pytest.mark.parametrize("text", CORPUS + OVER_LONG)
@@ -171,8 +181,8 @@ def test_imagenet_prompts_match_open_clip(tok):
 
 def test_over_long_text_raises_unless_truncated(tok):
     text = OVER_LONG[0]
-    n = len(tok.encode(text)) + 2
-    with pytest.raises(ValueError, match=rf"texts\[1\] is too long: {n} tokens .* context_length=77.*a photo of"):
+    too_long = r"texts\[1\] is too long: it makes more than context_length=77 tokens .*a photo"
+    with pytest.raises(ValueError, match=too_long):
         tok(["short", text])
     with pytest.raises(ValueError, match="truncate=True"):
         tokenize(text)
@@ -262,6 +272,47 @@ def test_pickle_round_trip_drops_cache(tok):
 
 
 # ---------------------------------------------------------------------------------------------
+# Long texts: work bounded by the context, not the text
+# ---------------------------------------------------------------------------------------------
+
+
+def test_truncating_a_long_word_does_work_bounded_by_the_context(tok, ref, bpe_inputs):
+    rng = random.Random(0)
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(64_000))
+    outputs, work = {}, {}
+    for n in (16_000, 64_000):
+        fresh = Tokenizer(tok.merges)  # an empty cache: every word goes through BPE
+        with bpe_inputs(fresh, most_bpe_bytes(77)) as sizes:
+            outputs[n] = fresh(word[:n], truncate=True)
+            with pytest.raises(ValueError, match="too long"):
+                fresh(word[:n])
+        work[n] = sizes
+    assert work[16_000] == work[64_000]  # the same words handed to BPE: the same work at 4x the text
+    assert torch.equal(outputs[16_000], outputs[64_000])
+    # OpenAI's ids (open_clip, slow on long words, runs on 3,000 letters: more than 75 tokens hold)
+    assert torch.equal(outputs[16_000], open_clip_tokenizer.tokenize([word[:3000]]))
+    # a word cut to fit the context is not cached as the whole word
+    small = Tokenizer(tok.merges)
+    assert torch.equal(small(word[:600], context_length=10, truncate=True),
+                       open_clip_tokenizer.tokenize([word[:600]], context_length=10))
+    assert small.encode(word[:600]) == ref.encode(word[:600])
+
+
+def test_truncating_a_long_text_stops_when_the_context_is_full(tok, bpe_inputs):
+    rng = random.Random(1)
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 9))) for _ in range(16_000)]
+    outputs, work = {}, {}
+    for n in (4_000, 16_000):
+        fresh = Tokenizer(tok.merges)
+        with bpe_inputs(fresh, most_bpe_bytes(77)) as sizes:
+            outputs[n] = fresh(" ".join(words[:n]), truncate=True)
+        work[n] = sizes
+    assert work[4_000] == work[16_000] and len(work[16_000]) <= 76  # at most one word per id kept, plus one
+    assert torch.equal(outputs[4_000], outputs[16_000])
+    assert torch.equal(outputs[4_000], open_clip_tokenizer.tokenize([" ".join(words[:4_000])]))
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad inputs
 # ---------------------------------------------------------------------------------------------
 
@@ -285,6 +336,15 @@ def test_non_string_batches_are_rejected(tok, bad):
         tok(bad)
     with pytest.raises(TypeError, match="text must be a str"):
         tok.encode(bad)
+
+
+@pytest.mark.parametrize("bad, kind", [({"a cat": 0, "a dog": 1}, "dict"), ({"a cat", "a dog"}, "set"),
+                                       (frozenset({"a cat"}), "frozenset"), ({"a cat": 0}.keys(), "dict_keys")])
+def test_mappings_and_sets_are_rejected_with_their_type(tok, bad, kind):
+    with pytest.raises(TypeError, match=rf"texts must be a str or a list of str; got {kind} .*pass a list"):
+        tok(bad)
+    with pytest.raises(TypeError, match=rf"got {kind}"):
+        tokenize(bad)
 
 
 @pytest.mark.parametrize("context_length, error", [(1, ValueError), (0, ValueError), (-5, ValueError),

@@ -6,6 +6,7 @@ import html
 
 import ftfy
 import pytest
+import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -74,6 +75,40 @@ def test_round_trips_cleaned_text(text):
 def test_same_ids_as_open_clip(text):
     assume(not any(s in clean_text(text) for s in SPECIAL_LITERALS))
     assert TOK.encode(text) == REF.encode(text)
+
+
+# Every general category of Unicode (surrogates, private use and unassigned included), one at a time.
+CATEGORIES = ("Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Pc", "Pd", "Ps", "Pe", "Pi",
+              "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co", "Cn")
+category_text = st.sampled_from(CATEGORIES).flatmap(
+    lambda category: st.text(st.characters(categories=[category]), min_size=1, max_size=40)
+)
+# Single words far longer than a context holds: letters of a few scripts, punctuation runs, emoji.
+long_word = st.one_of(
+    st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz"), min_size=200, max_size=1500),
+    st.text(st.sampled_from("aeiouy"), min_size=200, max_size=1500),
+    st.text(st.sampled_from("абвгдеж猫犬éßαβ"), min_size=100, max_size=800),
+    st.text(st.sampled_from("!#$%&*+-./:;<=>?@^_~😂❤🐱"), min_size=100, max_size=800),
+    st.tuples(category_text, st.integers(10, 300)).map(lambda t: t[0] * t[1]),
+)
+long_text = st.lists(st.one_of(any_text, category_text, st.sampled_from(["a", "photo", "of", "the", "cat"])),
+                     min_size=10, max_size=150).map(" ".join)
+LONGEST_TOKEN = 32  # bytes in OpenAI's longest token (test_tokenizer.py checks it)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(text=st.one_of(long_word, long_text, category_text, any_text), context_length=st.integers(2, 80))
+def test_any_text_fits_its_context_as_open_clips_would_with_bounded_work(text, context_length, bpe_inputs):
+    assume(not any(s in clean_text(text) for s in SPECIAL_LITERALS))
+    with bpe_inputs(TOK, (context_length - 1 + 4) * LONGEST_TOKEN):  # words BPE sees: bounded by the context
+        tokens = TOK([text], context_length=context_length, truncate=True)  # never raises for a str
+    theirs = open_clip_tokenizer.tokenize([text], context_length=context_length)  # truncates
+    assert tokens.shape == (1, context_length) and torch.equal(tokens, theirs)
+    if len(REF.encode(text)) <= context_length - 2:  # it fits: no truncation needed
+        assert torch.equal(TOK([text], context_length=context_length), theirs)
+    else:
+        with pytest.raises(ValueError, match="too long"):
+            TOK([text], context_length=context_length)
 
 
 @settings(max_examples=400, deadline=None)

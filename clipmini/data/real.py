@@ -187,8 +187,10 @@ class CsvImageText(IterableDataset):
     """Image paths and captions in a CSV or TSV file (open_clip's `--csv-img-key` format).
 
     Paths are relative to the folder of the file unless absolute (or to `root` if given). The separator
-    defaults to a tab for `.tsv` files and to a comma otherwise. Rows are split by rank and by worker;
-    `shuffle=True` reshuffles them each epoch (`set_epoch`) with the same seed on every rank.
+    defaults to a tab for `.tsv` files and to a comma otherwise; a UTF-8 byte-order mark is allowed.
+    Rows are split by rank and by worker; `shuffle=True` reshuffles them each epoch (`set_epoch`) with
+    the same seed on every rank. A row with more or fewer fields than the header is skipped and
+    counted (by line number), like any broken sample.
     """
 
     def __init__(
@@ -213,18 +215,49 @@ class CsvImageText(IterableDataset):
         _check_rank(rank, world_size)
         if sep is None:
             sep = "\t" if path.suffix.lower() == ".tsv" else ","
-        # a row that is not UTF-8 keeps its bytes as surrogates: such a caption is skipped and counted
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-            reader = csv.DictReader(handle, delimiter=sep)
-            header = reader.fieldnames or []
-            for key, what in ((image_key, "image_key"), (caption_key, "caption_key")):
-                if key not in header:
-                    raise ValueError(f"{path.name}: no column {key!r} for {what}; the columns are {header} (separator {sep!r})")
-            self.rows = [(row[image_key], row[caption_key]) for row in reader]
+        self.rows = self._read_rows(path, sep, image_key, caption_key)
         self.path, self.root = path, Path(root) if root is not None else path.parent
         self.transform, self.rank, self.world_size = transform, rank, world_size
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.skips = skips if skips is not None else SkipCounter(path.name)
+
+    @staticmethod
+    def _read_rows(path: Path, sep: str, image_key: str, caption_key: str) -> list[tuple[int, Any, Any, str | None]]:
+        """Each row's (line number, image path, caption, what is wrong with it or None).
+
+        A UTF-8 byte-order mark is dropped. A row that is not UTF-8 keeps its bytes as surrogates, and
+        a row with more or fewer fields than the header (an unquoted separator cuts a caption) is kept
+        with its problem: both are skipped and counted, by line, when iterated.
+        """
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+            reader, end = csv.reader(handle, delimiter=sep), 0  # end: the last line of the last row read
+            try:
+                header = next(reader, [])
+                for key, what in ((image_key, "image_key"), (caption_key, "caption_key")):
+                    if key not in header:
+                        raise ValueError(
+                            f"{path.name}: no column {key!r} for {what}; the columns are {header} (separator {sep!r})"
+                        )
+                image_at, caption_at = header.index(image_key), header.index(caption_key)
+                rows, end = [], reader.line_num
+                for fields in reader:
+                    line, end = end + 1, reader.line_num  # a quoted field may span lines: where it starts
+                    if not fields:
+                        continue  # a blank line
+                    problem = None
+                    if len(fields) != len(header):
+                        problem = f"{len(fields)} field{'s' * (len(fields) > 1)} where the header has {len(header)}"
+                        if len(fields) > len(header):
+                            problem += f" (an unquoted {sep!r} inside a field cuts it)"
+                    image = fields[image_at] if image_at < len(fields) else None
+                    caption = fields[caption_at] if caption_at < len(fields) else None
+                    rows.append((line, image, caption, problem))
+            except csv.Error as err:  # a field over csv's size limit, say after an unclosed quote
+                raise ValueError(
+                    f"{path.name}, line {end + 1}: not a readable {sep!r}-separated file from this row on "
+                    f"({err}; an unclosed quote?)"
+                ) from err
+        return rows
 
     def __len__(self) -> int:
         """Rows in the file (all ranks, broken ones included)."""
@@ -238,13 +271,16 @@ class CsvImageText(IterableDataset):
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
         for i in _shard(order.tolist(), self.rank, self.world_size):
-            rel, raw_caption = self.rows[i]
+            line, rel, raw_caption, problem = self.rows[i]
+            if problem is not None:
+                self.skips.skip("bad_caption", f"line {line}", problem)
+                continue
             caption = _valid_caption(raw_caption)
             if caption is None:
-                self.skips.skip("bad_caption", f"row {i + 2}", f"caption {raw_caption!r}")
+                self.skips.skip("bad_caption", f"line {line}", f"caption {raw_caption!r}")
                 continue
             if not rel:
-                self.skips.skip("missing_file", f"row {i + 2}", "empty path")
+                self.skips.skip("missing_file", f"line {line}", "empty path")
                 continue
             file = Path(rel) if os.path.isabs(rel) else self.root / rel
             if not file.is_file():

@@ -2,7 +2,8 @@
 
 A checkpoint of step 123 is the folder `ckpt-000123/` holding
 
-- `model.safetensors`: the model's `state_dict` (loads into `clipmini.model.CLIP` directly),
+- `model.safetensors`: the model's `state_dict`, with a CLIP's configuration in its metadata (so
+  `clipmini.load` rebuilds the model from this one file),
 - `optimizer.safetensors`: the optimizer's tensors (Adam moments, step counts),
 - `state.json`: everything else (training config, step, optimizer structure, schedule, grad-scaler,
   the RNG states of Python, NumPy and PyTorch, the data position),
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import CLIPConfig
 from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 
 __all__ = [
@@ -82,6 +84,14 @@ def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata
     atomic_write_bytes(path, safetensors_bytes(_to_storable(tensors), metadata=metadata))
 
 
+def _weights_metadata(model: nn.Module | Mapping) -> dict[str, str]:
+    """safetensors metadata of a model's weights: a CLIP's configuration too, as `clipmini.save` writes it."""
+    from .model import config_metadata
+
+    config = getattr(model, "config", None)
+    return {"format": "pt", **(config_metadata(config) if isinstance(config, CLIPConfig) else {})}
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -100,7 +110,7 @@ def save_weights(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.
     """Write a model's `state_dict` (or a dict of tensors) to a safetensors file, atomically."""
     path = Path(path)
     state = model.state_dict() if isinstance(model, nn.Module) else model
-    _write_safetensors(path, state, metadata={"format": "pt"})
+    _write_safetensors(path, state, metadata=_weights_metadata(model))
     return path
 
 
@@ -288,11 +298,11 @@ def save_checkpoint(
         shutil.rmtree(partial)
     partial.mkdir()
 
-    _write_safetensors(partial / MODEL_FILE, model.state_dict(), metadata={"format": "pt"})
+    _write_safetensors(partial / MODEL_FILE, model.state_dict(), metadata=_weights_metadata(model))
     for name_, module in (modules or {}).items():
         if name_ in ("model", "optimizer"):
             raise ValueError(f"module name {name_!r} is reserved")
-        _write_safetensors(partial / f"{name_}.safetensors", module.state_dict(), metadata={"format": "pt"})
+        _write_safetensors(partial / f"{name_}.safetensors", module.state_dict(), metadata=_weights_metadata(module))
     state: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "step": step,

@@ -283,3 +283,25 @@ def test_sigkill_at_random_moments_never_corrupts_and_resume_matches(tmp_path):
         assert torch.equal(p, q), name
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, steps + 1))  # no step logged twice across the kills
+
+
+def test_every_trained_model_file_carries_its_config(tmp_path):
+    """clipmini.load rebuilds a trained model from its model.safetensors alone: inferred from shapes, a
+    text tower of 2 heads of width 32 would be read as 1 head of 64 and give other features."""
+    import clipmini
+    from clipmini.checkpoint import MODEL_FILE
+
+    result = train(TrainConfig(**RUN, steps=1, out_dir=str(tmp_path / "run")))
+    trained = result.model
+    assert trained.config.text.heads == 2 and trained.config.text.head_width == 32
+    save_weights(tmp_path / "weights.safetensors", trained)
+    tokens = torch.zeros(3, 32, dtype=torch.long)
+    tokens[:, :5] = torch.tensor([1022, 7, 8, 9, 1023])
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for path in (result.checkpoint / MODEL_FILE, tmp_path / "weights.safetensors"):
+        loaded = clipmini.load(path)
+        assert loaded.config == trained.config, path
+        with torch.no_grad():
+            assert torch.equal(loaded.encode_text(tokens), trained.encode_text(tokens)), path
+            assert torch.equal(loaded.encode_image(images), trained.encode_image(images)), path
+

@@ -283,12 +283,17 @@ def save_checkpoint(
 ) -> Path:
     """Write `ckpt-{step:06d}/` under `directory` crash-safely; keep the newest `keep` (None = all).
 
+    Rotation counts only checkpoints up to `step`: the one just written is never deleted, and neither
+    is a later step's folder (e.g. of the run this one resumed from an earlier checkpoint).
+
     `step` counts the optimizer steps done (and is the index of the next batch: data positions are
     step indices). `config` and `extra` must be JSON-ready; `tokenizer` needs a `.save(path)`;
     each of `modules` (e.g. a SigLIP head) is stored as `{name}.safetensors`.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be an int >= 0; got {step!r}")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep must be an int >= 1 or None; got {keep!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
@@ -336,9 +341,8 @@ def save_checkpoint(
     fsync_dir(directory)
 
     if keep is not None:
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1 or None; got {keep}")
-        for old in list_checkpoints(directory, verify=False)[:-keep]:
+        older = [p for p in list_checkpoints(directory, verify=False) if _step_of(p) <= step]  # ends with `final`
+        for old in older[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

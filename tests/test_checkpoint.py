@@ -305,3 +305,16 @@ def test_every_trained_model_file_carries_its_config(tmp_path):
             assert torch.equal(loaded.encode_text(tokens), trained.encode_text(tokens)), path
             assert torch.equal(loaded.encode_image(images), trained.encode_image(images)), path
 
+
+def test_rotation_never_deletes_the_checkpoint_just_written(tmp_path):
+    model, optimizer = _toy_state()
+    for step in (7, 9):  # later steps already in the folder (a run resumed from an earlier checkpoint)
+        save_checkpoint(tmp_path, step, model=model, optimizer=optimizer)
+    for step in (1, 2, 3):
+        written = save_checkpoint(tmp_path, step, model=model, optimizer=optimizer, keep=1)
+        assert written.is_dir() and verify_checkpoint(written)["step"] == step
+    # the older ones of this step's line were rotated away; the later folders were left alone
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-000003", "ckpt-000007", "ckpt-000009"]
+    with pytest.raises(ValueError, match="keep must be an int >= 1 or None; got 0"):
+        save_checkpoint(tmp_path, 4, model=model, keep=0)
+    assert not (tmp_path / "ckpt-000004").exists()  # refused before writing anything

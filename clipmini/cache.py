@@ -25,14 +25,11 @@ from torch import nn
 
 from .checkpoint import TOKENIZER_FILE, CheckpointError, load_checkpoint, save_checkpoint
 from .fileio import fsync_dir
-from .train import DistInfo, TrainConfig, _resolve_device, make_model, train
+from .train import DistInfo, TrainConfig, _resolve_device, make_model, result_fields, train
 
 __all__ = ["default_cache_dir", "code_fingerprint", "cache_key", "cache_entry", "load_or_train"]
 
 CACHE_ENV = "CLIPMINI_CACHE"
-
-# Fields that change where and how a run reports, never the weights or metrics it produces.
-_NOT_IN_KEY = ("out_dir", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "data_workers")
 
 # The modules (or packages) whose source decides a trained model's weights and its metrics.
 _CODE_MODULES = (
@@ -69,14 +66,8 @@ def code_fingerprint() -> str:
 
 
 def _key_payload(config: TrainConfig) -> dict:
-    values = config.to_dict()
-    for name in _NOT_IN_KEY:
-        values.pop(name, None)
+    values = result_fields(config)  # canonical, without the fields that only change where and how a run reports
     values["device"] = _resolve_device(config.device, DistInfo()).type  # "auto" means different things on different machines
-    # canonical forms: the same model or world spelled two ways is one key
-    values["model_overrides"] = config.clip_config().to_dict()
-    if config.data == "world":
-        values["world"] = config.world_config().to_dict()
     return {"config": values, "code": code_fingerprint(), "torch": torch.__version__}
 
 

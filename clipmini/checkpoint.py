@@ -45,6 +45,7 @@ __all__ = [
     "list_checkpoints",
     "verify_checkpoint",
     "clean_incomplete",
+    "delete_checkpoints",
     "save_weights",
     "load_weights",
     "rng_state",
@@ -394,21 +395,28 @@ def list_checkpoints(directory: str | os.PathLike, *, verify: bool = True) -> li
     return [p for _, p in sorted(found)]
 
 
+def _checkpoint_folders(directory: Path) -> list[tuple[Path, bool]]:
+    """(folder, is a writer's hidden `.ckpt-*.partial` work folder) for every checkpoint folder under `directory`."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.iterdir()):
+        partial = path.name.startswith(".ckpt-") and path.name.endswith(".partial")
+        if path.is_dir() and (partial or _step_of(path) is not None):
+            found.append((path, partial))
+    return found
+
+
 def clean_incomplete(directory: str | os.PathLike, *, partial: bool = True) -> list[Path]:
     """Delete the checkpoint folders under `directory` that fail verification; return them.
 
     With `partial=True` also delete leftover `.ckpt-*.partial` folders of an interrupted writer; only
     the process that owns `directory` (the trainer) should ask for that.
     """
-    directory = Path(directory)
     removed = []
-    if not directory.is_dir():
-        return removed
-    for path in sorted(directory.iterdir()):
-        if not path.is_dir():
-            continue
-        stale = partial and path.name.startswith(".ckpt-") and path.name.endswith(".partial")
-        if not stale and _step_of(path) is not None:
+    for path, is_partial in _checkpoint_folders(Path(directory)):
+        stale = partial and is_partial
+        if not is_partial:
             try:
                 verify_checkpoint(path)
             except CheckpointError:
@@ -416,6 +424,15 @@ def clean_incomplete(directory: str | os.PathLike, *, partial: bool = True) -> l
         if stale:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+    return removed
+
+
+def delete_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Delete every checkpoint folder under `directory`, complete or not (a run replaced on purpose)."""
+    removed = []
+    for path, _ in _checkpoint_folders(Path(directory)):
+        shutil.rmtree(path)
+        removed.append(path)
     return removed
 
 

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +39,10 @@ from torch import nn
 
 from .checkpoint import (
     TOKENIZER_FILE,
-    Checkpoint,
     clean_incomplete,
+    delete_checkpoints,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -65,6 +67,8 @@ __all__ = [
     "compute_gradients",
     "train_step",
     "train",
+    "TrainSetupError",
+    "result_fields",
     "read_yaml",
     "build_parser",
     "parse_args",
@@ -118,6 +122,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # save a checkpoint every this many steps; 0 = only the final one
     keep_checkpoints: int = 2  # complete checkpoints kept (older ones are deleted)
     resume: bool | str = False  # True = continue from the latest complete checkpoint in out_dir; a path = from that one
+    overwrite: bool = False  # replace the run already in out_dir (its checkpoints and log are deleted); else refuse to start
     # --- machinery
     seed: int = 0  # seeds the model init and every RNG; data are a pure function of (world seed, step)
     device: str = "auto"  # "auto" = CUDA when present (cuda:LOCAL_RANK under torchrun), else the CPU
@@ -174,6 +179,11 @@ class TrainConfig:
         need(self.log_every >= 1, f"'log_every' must be >= 1, got {self.log_every}")
         need(self.checkpoint_every >= 0, f"'checkpoint_every' must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
         need(self.keep_checkpoints >= 1, f"'keep_checkpoints' must be >= 1, got {self.keep_checkpoints}")
+        need(self.resume != "", "'resume' must be true, false or the path of a checkpoint (or run folder), got ''")
+        need(
+            not (self.overwrite and self.resume is not False),
+            f"'overwrite' deletes the run in out_dir and 'resume' continues one (resume={self.resume!r}): set only one",
+        )
         need(0 <= self.seed < 2**32, f"'seed' must be in [0, 2**32), got {self.seed}")
         need(self.data_workers >= 0, f"'data_workers' must be >= 0, got {self.data_workers}")
         need(self.threads is None or self.threads >= 1, f"'threads' must be >= 1 or None, got {self.threads}")
@@ -949,6 +959,109 @@ class TrainResult:
 
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+
+
+class TrainSetupError(ValueError):
+    """The run cannot start as configured: out_dir is unusable or holds another run, or `resume` does not fit.
+
+    Raised before any training, with one line that says what to do.
+    """
+
+
+# Fields that change where and how a run reports, never the weights or metrics it produces.
+REPORTING_FIELDS = ("out_dir", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "overwrite")
+# A resumed run may change these too: how often it evaluates, how it meets a failure, its CPU threads. Its
+# device and world size are compared as they ran (resolved), from the checkpoint.
+RESUME_MAY_CHANGE = REPORTING_FIELDS + ("eval_every", "on_nonfinite", "threads", "device")
+
+
+def result_fields(config: TrainConfig) -> dict:
+    """`config`'s values that decide a run's weights and metrics, canonical (one model or world spelled two
+    ways is one value). The cache keys trained models by them; a resumed run must match them."""
+    values = config.to_dict()
+    for name in REPORTING_FIELDS:
+        del values[name]
+    values["model_overrides"] = config.clip_config().to_dict()
+    if config.data == "world":
+        values["world"] = config.world_config().to_dict()
+        del values["data_workers"]  # threads preparing a random-access world's batches change nothing
+    return values  # (real data: the DataLoader's workers split the samples, so their number changes the batches)
+
+
+def _check_same_run(saved: Any, config: TrainConfig, where: str, ran: dict | None = None, runs: dict | None = None) -> None:
+    """Refuse to continue `where` (a checkpoint or a run folder) unless it was trained with `config`'s result
+    fields, and (`ran` vs `runs`) on the same kind of device and number of ranks."""
+    fix = "resume with the same values, train into a new out_dir, or replace that run with overwrite=True"
+    if not isinstance(saved, dict):
+        raise TrainSetupError(f"{where} records no training configuration, so it cannot be continued safely: {fix}")
+    try:
+        before = result_fields(TrainConfig.from_dict(saved, source=where))
+    except (TypeError, ValueError) as err:
+        raise TrainSetupError(f"{where} holds a configuration this clipmini cannot read ({err}): {fix}") from None
+    now = result_fields(config)
+    differ = [k for k in now if k not in RESUME_MAY_CHANGE and before.get(k) != now[k]]
+    old = [f"{k}={saved.get(k)!r}" for k in differ]  # as written, not canonical
+    new = [f"{k}={getattr(config, k)!r}" for k in differ]
+    for key in ("device", "world_size"):  # how it ran: recorded in checkpoints since these were
+        if ran and runs and key in ran and ran[key] != runs[key]:
+            old.append(f"{key}={ran[key]!r}")
+            new.append(f"{key}={runs[key]!r}")
+    if old:
+        raise TrainSetupError(
+            f"{where} was trained with {', '.join(old)}; this run has {', '.join(new)}. "
+            f"These change the result: {fix}"
+        )
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """`out_dir` is a folder (made if needed) that this process can write in; else one line that says so."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainSetupError(f"out_dir {out_dir} is a file, not a folder: name a folder for the run's checkpoints and log")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise TrainSetupError(f"out_dir {out_dir} cannot be written ({err.strerror or err}): choose another out_dir") from None
+
+
+def _run_in(out_dir: Path) -> list[str]:
+    """What a run already in `out_dir` would lose: its complete checkpoints and a non-empty log."""
+    found = [p.name for p in list_checkpoints(out_dir, verify=False)]
+    log = out_dir / METRICS_FILE
+    if log.is_file() and log.stat().st_size > 0:
+        found.append(METRICS_FILE)
+    return found
+
+
+def _continues(config: TrainConfig, out_dir: Path) -> bool:
+    """Whether this run continues the run in `out_dir` (resume=True, or a checkpoint or the folder itself)."""
+    if config.resume is True:
+        return True
+    if config.resume is False:
+        return False
+    path = Path(config.resume).resolve()
+    return out_dir.resolve() in (path, path.parent)
+
+
+def _claim_out_dir(config: TrainConfig, out_dir: Path) -> None:
+    """Before any work: `out_dir` must be writable, and another run's files in it are never overwritten by
+    accident (a fresh run refuses; overwrite=True deletes them first)."""
+    _check_out_dir(out_dir)
+    if config.overwrite:
+        delete_checkpoints(out_dir)
+        for name in (METRICS_FILE, CONFIG_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        return
+    found = _run_in(out_dir)
+    if found and not _continues(config, out_dir):
+        shown = ", ".join(found) if len(found) <= 3 else f"{found[0]}, ..., {', '.join(found[-2:])}"
+        raise TrainSetupError(
+            f"out_dir {out_dir} already holds a run ({shown}); continue it with resume=True (--resume true), "
+            "train into a new out_dir, or replace it with overwrite=True (--overwrite)"
+        )
 
 
 def _read_history(path: Path, up_to_step: int) -> list[dict]:
@@ -963,6 +1076,14 @@ def _read_history(path: Path, up_to_step: int) -> list[dict]:
         if record.get("step", 0) <= up_to_step:
             history.append(record)
     return history
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in `path`, or None where it is missing or torn."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _resume_path(config: TrainConfig, out_dir: Path | None, info: DistInfo) -> Path | None:
@@ -984,16 +1105,6 @@ def _resume_path(config: TrainConfig, out_dir: Path | None, info: DistInfo) -> P
     if info.world_size > 1:
         dist.barrier()  # no rank reads the folder while rank 0 is cleaning it
     return latest_checkpoint(out_dir, cleanup=False)
-
-
-def _check_resumable(checkpoint: Checkpoint, config: TrainConfig) -> None:
-    saved = checkpoint.config or {}
-    for key in ("model", "model_overrides", "loss", "tokenizer"):
-        if key in saved and saved[key] != getattr(config, key):
-            raise ValueError(
-                f"checkpoint {checkpoint.path} was trained with {key}={saved[key]!r}; this run has "
-                f"{key}={getattr(config, key)!r}. Resume with the same architecture, or start a new out_dir"
-            )
 
 
 def train(config: TrainConfig | dict) -> TrainResult:
@@ -1020,14 +1131,22 @@ class _Run:
         from .temperature import SigLIPHead, fix_temperature
 
         self.config, self.info, self.device = config, info, device
+        self.out_dir = Path(config.out_dir) if config.out_dir is not None else None
+        self.writes = info.is_main and self.out_dir is not None  # rank 0 logs and checkpoints
+        if self.writes:
+            _claim_out_dir(config, self.out_dir)
+        self.ran_as = {"device": device.type, "world_size": info.world_size}  # checked when a run resumes
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
-        self.out_dir = Path(config.out_dir) if config.out_dir is not None else None
-        self.writes = info.is_main and self.out_dir is not None  # rank 0 logs and checkpoints
         clip_config = config.clip_config()
         self.world = make_world(config) if config.data == "world" else None
         resume_from = _resume_path(config, self.out_dir, info)
+        if resume_from is not None:  # checked before any work: every file verified, the configuration compared
+            resumed = load_checkpoint(resume_from, restore_rng=False)
+            _check_same_run(resumed.config, config, f"checkpoint {resume_from}", resumed.extra, self.ran_as)
+        elif self.writes and config.resume is True and _run_in(self.out_dir):  # a log, but no complete checkpoint
+            _check_same_run(_read_json(self.out_dir / CONFIG_FILE), config, f"the run in out_dir {self.out_dir}")
         if resume_from is not None and (Path(resume_from) / TOKENIZER_FILE).is_file():
             from .tokenizer import Tokenizer
 
@@ -1053,9 +1172,8 @@ class _Run:
         if resume_from is not None:
             self._resume(resume_from)
         if self.writes:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             clean_incomplete(self.out_dir)  # leftovers of a killed writer
-            atomic_write_json(self.out_dir / "config.json", config.to_dict())
+            atomic_write_json(self.out_dir / CONFIG_FILE, config.to_dict())
             # the log holds exactly the steps up to where this run starts (a killed run may have logged more)
             atomic_write_text(self.out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.history))
         self.last_checkpoint = latest_checkpoint(self.out_dir, cleanup=False) if self.writes else None
@@ -1069,17 +1187,17 @@ class _Run:
             self.batches = _LoaderBatches(config, self.tokenizer, info, device, context_length, clip_config.vision.image_size)
 
     def _resume(self, path: Path) -> None:
-        checkpoint = load_checkpoint(path, restore_rng=False)  # verify every file, read the run state
-        _check_resumable(checkpoint, self.config)
-        if checkpoint.step > self.config.steps:
-            raise ValueError(f"checkpoint {path} is at step {checkpoint.step}, beyond this run's steps={self.config.steps}")
         checkpoint = load_checkpoint(
             path, model=self.model, optimizer=self.optimizer, scaler=self.scaler, modules=self.extra_modules, verify=False
-        )
+        )  # verified (and its configuration checked) in __init__
         self.start_step = checkpoint.step
         self.skipped = int(checkpoint.extra.get("nonfinite_skips", 0))
         if self.out_dir is not None:
             self.history = _read_history(self.out_dir / METRICS_FILE, self.start_step)
+
+    def _stopped(self, message: str) -> FloatingPointError:
+        kept = f"; the last complete checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else ""
+        return FloatingPointError(f"{message}{kept}")
 
     def record(self, entry: dict) -> None:
         self.history.append(entry)
@@ -1098,7 +1216,7 @@ class _Run:
                 schedule=self.schedule.state_dict(),
                 config=self.config.to_dict(),
                 tokenizer=self.tokenizer,
-                extra={"nonfinite_skips": self.skipped},
+                extra={"nonfinite_skips": self.skipped, **self.ran_as},
                 keep=self.config.keep_checkpoints,
                 modules=self.extra_modules,
             )
@@ -1130,8 +1248,7 @@ class _Run:
                         step=step, schedule=self.schedule, scaler=self.scaler, caption_ids=ids,
                     )
                 except FloatingPointError as err:
-                    kept = f"; the last complete checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else ""
-                    raise FloatingPointError(f"{err}{kept}") from None
+                    raise self._stopped(str(err)) from None
                 self.model.validate_inputs = False
                 done, window_steps = step + 1, window_steps + 1
                 if out.skipped:
@@ -1176,8 +1293,9 @@ class _Run:
             if ran > 0 or self.last_checkpoint is None:
                 self.save(config.steps)  # the final checkpoint, before the final evaluation
             evaluation = _evaluate(self.model, self.tokenizer, self.tasks)
-            if evaluation:
-                self.record({"step": config.steps, "eval": evaluation})
+            final = {"step": config.steps, "eval": evaluation}
+            if evaluation and final not in self.history:  # resuming a finished run: its final row is there
+                self.record(final)
         finally:
             bar.close()
             self.batches.close()
@@ -1315,7 +1433,11 @@ def main(argv: list[str] | None = None) -> int:
     if namespace.print_config:
         print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
         return 0
-    result = train(config)
+    try:
+        result = train(config)
+    except (TrainSetupError, FloatingPointError) as err:  # no traceback: the message says what to do
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, TrainSetupError) else 1
     if is_main_process():
         print(json.dumps({k: v for k, v in result.metrics.items()}, sort_keys=True))
     return 0

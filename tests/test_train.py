@@ -355,3 +355,114 @@ def test_trains_on_a_csv_and_resumes_exactly(tmp_path):
     resumed = train(TrainConfig(**run, out_dir=str(tmp_path / "b"), resume=True))
     for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+# ----------------------------------------------------------------------------------------------
+# run folders: a run never overwrites another, a resume continues only the same run
+
+
+def _files(out) -> dict:
+    """Every file under `out` with its bytes: what a refused run must leave exactly as it was."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _log(out) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+FOLDER_RUN = dict(WORLD_RUN, steps=4, warmup_steps=1, checkpoint_every=2)
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_another_run(tmp_path):
+    out = tmp_path / "X"
+    first = train(TrainConfig(**FOLDER_RUN, out_dir=str(out)))
+    before = _files(out)
+    with pytest.raises(train_module.TrainSetupError, match=(
+        r"out_dir .*X already holds a run \(ckpt-000002, ckpt-000004, metrics\.jsonl\); continue it with "
+        r"resume=True \(--resume true\), train into a new out_dir, or replace it with overwrite=True \(--overwrite\)"
+    )):
+        train(TrainConfig(**dict(FOLDER_RUN, steps=2), out_dir=str(out)))
+    assert _files(out) == before  # not a byte changed: the first run's checkpoints and log are intact
+
+    # overwrite=True replaces it on purpose: the new run is a fresh one, equal to the same run in an empty folder
+    replaced = train(TrainConfig(**dict(FOLDER_RUN, steps=2), out_dir=str(out), overwrite=True))
+    alone = train(TrainConfig(**dict(FOLDER_RUN, steps=2), out_dir=str(tmp_path / "alone")))
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt-000002", "config.json", "metrics.jsonl"]
+    assert [r["step"] for r in _log(out)] == [1, 2]
+    for (name, p), q in zip(alone.model.state_dict().items(), replaced.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert not all(torch.equal(p, q) for p, q in zip(first.model.parameters(), replaced.model.parameters()))
+    with pytest.raises(ValueError, match=r"'overwrite' deletes the run in out_dir and 'resume' continues one"):
+        TrainConfig(**FOLDER_RUN, out_dir=str(out), overwrite=True, resume=True)
+
+
+def test_resume_refuses_another_configuration_naming_the_fields(tmp_path):
+    out = tmp_path / "X"
+    train(TrainConfig(**FOLDER_RUN, out_dir=str(out)))
+    before = _files(out)
+    for changes, named in [
+        ({"steps": 2}, r"ckpt-000004 was trained with steps=4; this run has steps=2\. These change the result"),
+        ({"lr": 2e-3, "seed": 1}, r"trained with lr=0\.001, seed=0; this run has lr=0\.002, seed=1"),
+        ({"world": {"seed": 5}}, r"trained with world=\{\}; this run has world=\{'seed': 5\}"),
+        ({"batch_size": 16}, r"batch_size=32; this run has batch_size=16"),
+    ]:
+        with pytest.raises(train_module.TrainSetupError, match=named + r".*new out_dir.*overwrite=True"):
+            train(TrainConfig(**(FOLDER_RUN | changes), out_dir=str(out), resume=True))
+    assert _files(out) == before
+    # what never changes the weights may change: logging, checkpointing, evaluation cadence, threads
+    same = dict(FOLDER_RUN, log_every=3, checkpoint_every=1, keep_checkpoints=4, eval_every=2)
+    train(TrainConfig(**same, out_dir=str(out), resume=True))
+
+
+def test_resume_of_a_log_without_checkpoints_checks_its_config(tmp_path):
+    import shutil
+
+    out = tmp_path / "X"
+    train(TrainConfig(**FOLDER_RUN, out_dir=str(out)))
+    for ckpt in out.glob("ckpt-*"):  # as if killed before its first checkpoint: a log and config.json only
+        shutil.rmtree(ckpt)
+    with pytest.raises(train_module.TrainSetupError, match=r"the run in out_dir .*X was trained with lr=0\.001; this run has lr=0\.003"):
+        train(TrainConfig(**(FOLDER_RUN | {"lr": 3e-3}), out_dir=str(out), resume=True))
+    (out / "config.json").unlink()
+    with pytest.raises(train_module.TrainSetupError, match=r"records no training configuration"):
+        train(TrainConfig(**FOLDER_RUN, out_dir=str(out), resume=True))
+
+
+def test_the_final_evaluation_is_logged_once_however_often_a_finished_run_is_resumed(tmp_path):
+    out = tmp_path / "X"
+    config = TrainConfig(**dict(FOLDER_RUN, eval_tasks=["shape"], eval_n=20), out_dir=str(out), resume=True)
+    first = train(config)
+    for _ in range(2):
+        again = train(config)
+    evals = [r for r in _log(out) if "eval" in r]
+    assert evals == [{"step": 4, "eval": first.metrics["eval"]}] and again.metrics["eval"] == first.metrics["eval"]
+    assert [r["step"] for r in _log(out)] == [1, 2, 3, 4, 4]
+
+
+# ----------------------------------------------------------------------------------------------
+# failing loudly
+
+
+def test_unusable_out_dirs_are_refused_before_any_work(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    built = []
+    monkeypatch.setattr(train_module, "make_model", lambda config: built.append(config))
+    (tmp_path / "a-file").write_text("not a folder")
+    readonly = tmp_path / "read-only"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    if os.access(readonly, os.W_OK):  # root ignores permission bits: a read-only file system instead
+        readonly = Path("/sys/clipmini-run")
+    cases = [
+        (tmp_path / "a-file", r"out_dir .*a-file is a file, not a folder"),
+        (tmp_path / "a-file" / "run", r"out_dir .*a-file/run cannot be written \(Not a directory\): choose another out_dir"),
+        (readonly / "run", r"out_dir .*run cannot be written \((Permission denied|Operation not permitted)\)"),
+    ]
+    for out_dir, message in cases:
+        with pytest.raises(train_module.TrainSetupError, match=message):
+            train(TrainConfig(**WORLD_RUN, steps=1, out_dir=str(out_dir)))
+    assert built == []  # refused before the model (or the tokenizer) was built

@@ -111,6 +111,7 @@ class TrainConfig:
     loss_direction: Literal["both", "image", "text"] = "both"  # loss="clip": image→text rows only, text→image columns only, or both (the paper)
     dedupe_captions: bool = True  # identical captions in a batch are not each other's negatives
     on_nonfinite: Literal["skip", "stop"] = "skip"  # a NaN/inf loss or gradient: skip the step (counted), or raise
+    max_nonfinite_steps: int = 3  # on_nonfinite="skip": this many skipped steps in a row stop the run; 0 = never stop
     # --- evaluation and logging
     eval_every: int = 0  # zero-shot evaluation every this many steps; 0 = only at the end
     eval_tasks: list[str] = field(default_factory=lambda: ["color_shape"])  # caption-world tasks to evaluate
@@ -184,6 +185,7 @@ class TrainConfig:
             not (self.overwrite and self.resume is not False),
             f"'overwrite' deletes the run in out_dir and 'resume' continues one (resume={self.resume!r}): set only one",
         )
+        need(self.max_nonfinite_steps >= 0, f"'max_nonfinite_steps' must be >= 0 (0 = never stop), got {self.max_nonfinite_steps}")
         need(0 <= self.seed < 2**32, f"'seed' must be in [0, 2**32), got {self.seed}")
         need(self.data_workers >= 0, f"'data_workers' must be >= 0, got {self.data_workers}")
         need(self.threads is None or self.threads >= 1, f"'threads' must be >= 1 or None, got {self.threads}")
@@ -588,15 +590,19 @@ def _contrastive_loss(config: TrainConfig, image_features, text_features, scale,
         return clip_loss(image_features, text_features, scale, direction=config.loss_direction, caption_ids=caption_ids)
 
 
-def _nonfinite_message(kind: str, step: int, config: TrainConfig, lr: float, loss: float, grad_norm: float) -> str:
+def _nonfinite_cause(config: TrainConfig, lr: float) -> str:
     cause = f"the learning rate is too high (lr={lr:.3g})"
     if config.precision == "fp16":
         cause += " or fp16 overflowed (try precision='bf16')"
     elif config.precision == "bf16":
         cause += " or bf16 lost too much precision"
+    return cause
+
+
+def _nonfinite_message(kind: str, step: int, config: TrainConfig, lr: float, loss: float, grad_norm: float) -> str:
     return (
-        f"non-finite {kind} at step {step} (loss={loss}, grad_norm={grad_norm}); likely cause: {cause}. "
-        "Lower 'lr', raise 'warmup_steps', or set on_nonfinite='skip'"
+        f"non-finite {kind} at step {step} (loss={loss}, grad_norm={grad_norm}); likely cause: "
+        f"{_nonfinite_cause(config, lr)}. Lower 'lr', raise 'warmup_steps', or set on_nonfinite='skip'"
     )
 
 
@@ -973,7 +979,7 @@ class TrainSetupError(ValueError):
 REPORTING_FIELDS = ("out_dir", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "overwrite")
 # A resumed run may change these too: how often it evaluates, how it meets a failure, its CPU threads. Its
 # device and world size are compared as they ran (resolved), from the checkpoint.
-RESUME_MAY_CHANGE = REPORTING_FIELDS + ("eval_every", "on_nonfinite", "threads", "device")
+RESUME_MAY_CHANGE = REPORTING_FIELDS + ("eval_every", "on_nonfinite", "max_nonfinite_steps", "threads", "device")
 
 
 def result_fields(config: TrainConfig) -> dict:
@@ -1168,7 +1174,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.extra_modules = {"siglip_head": self.siglip_head} if self.siglip_head is not None else None
 
-        self.start_step, self.skipped, self.history = 0, 0, []
+        self.start_step, self.skipped, self.skipped_in_a_row, self.history = 0, 0, 0, []
         if resume_from is not None:
             self._resume(resume_from)
         if self.writes:
@@ -1192,6 +1198,7 @@ class _Run:
         )  # verified (and its configuration checked) in __init__
         self.start_step = checkpoint.step
         self.skipped = int(checkpoint.extra.get("nonfinite_skips", 0))
+        self.skipped_in_a_row = int(checkpoint.extra.get("nonfinite_in_a_row", 0))
         if self.out_dir is not None:
             self.history = _read_history(self.out_dir / METRICS_FILE, self.start_step)
 
@@ -1216,7 +1223,7 @@ class _Run:
                 schedule=self.schedule.state_dict(),
                 config=self.config.to_dict(),
                 tokenizer=self.tokenizer,
-                extra={"nonfinite_skips": self.skipped, **self.ran_as},
+                extra={"nonfinite_skips": self.skipped, "nonfinite_in_a_row": self.skipped_in_a_row, **self.ran_as},
                 keep=self.config.keep_checkpoints,
                 modules=self.extra_modules,
             )
@@ -1251,6 +1258,7 @@ class _Run:
                     raise self._stopped(str(err)) from None
                 self.model.validate_inputs = False
                 done, window_steps = step + 1, window_steps + 1
+                self.skipped_in_a_row = self.skipped_in_a_row + 1 if out.skipped else 0
                 if out.skipped:
                     self.skipped += 1
                 else:
@@ -1279,6 +1287,14 @@ class _Run:
                     bar.set_postfix(loss=entry["loss"], tau=f"{tau:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
                     window_losses, window_steps = [], 0
                     window_start = time.perf_counter()
+                if config.max_nonfinite_steps and self.skipped_in_a_row >= config.max_nonfinite_steps:
+                    kind = "loss" if not math.isfinite(out.loss) else "gradient"
+                    raise self._stopped(
+                        f"{self.skipped_in_a_row} non-finite steps in a row, the last at step {step} (non-finite {kind}, "
+                        f"loss={out.loss}, grad_norm={out.grad_norm}): the run is diverging; likely cause: "
+                        f"{_nonfinite_cause(config, out.lr)}. Lower 'lr' or raise 'warmup_steps' "
+                        "('max_nonfinite_steps' sets how many in a row stop a run; 0 = never)"
+                    )
                 if done == config.steps:
                     break
                 if config.eval_every and done % config.eval_every == 0 and self.info.is_main:

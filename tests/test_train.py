@@ -412,7 +412,7 @@ def test_resume_refuses_another_configuration_naming_the_fields(tmp_path):
             train(TrainConfig(**(FOLDER_RUN | changes), out_dir=str(out), resume=True))
     assert _files(out) == before
     # what never changes the weights may change: logging, checkpointing, evaluation cadence, threads
-    same = dict(FOLDER_RUN, log_every=3, checkpoint_every=1, keep_checkpoints=4, eval_every=2)
+    same = dict(FOLDER_RUN, log_every=3, checkpoint_every=1, keep_checkpoints=4, eval_every=2, max_nonfinite_steps=5)
     train(TrainConfig(**same, out_dir=str(out), resume=True))
 
 
@@ -443,6 +443,22 @@ def test_the_final_evaluation_is_logged_once_however_often_a_finished_run_is_res
 
 # ----------------------------------------------------------------------------------------------
 # failing loudly
+
+
+def test_a_run_of_nonfinite_steps_stops_training(tmp_path):
+    out = tmp_path / "X"
+    diverging = dict(WORLD_RUN, steps=6, warmup_steps=1, lr=1e30, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match=(
+        r"3 non-finite steps in a row, the last at step 3 .*likely cause: the learning rate is too high \(lr=6\.55e\+29\)"
+        r".*'max_nonfinite_steps'.*ckpt-000003 is intact"
+    )):
+        train(TrainConfig(**diverging, out_dir=str(out)))
+    assert [(r["step"], r.get("skipped", False)) for r in _log(out)] == [(1, False), (2, True), (3, True), (4, True)]
+    # 0 = never stop: the run ends, its skipped steps counted
+    result = train(TrainConfig(**diverging, out_dir=None, max_nonfinite_steps=0))
+    assert result.metrics["nonfinite_skips"] == 5
+    with pytest.raises(ValueError, match=r"'max_nonfinite_steps' must be >= 0 \(0 = never stop\), got -1"):
+        TrainConfig(max_nonfinite_steps=-1)
 
 
 def test_unusable_out_dirs_are_refused_before_any_work(tmp_path, monkeypatch):

@@ -264,3 +264,24 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     update_ddp = torch.cat([(ddp[k] - initial[k]).flatten() for k in initial])
     assert update_single.norm() > 0
     assert (update_ddp - update_single).norm() / update_single.norm() < 1e-3
+
+
+def test_cli_stops_with_one_line_and_a_nonzero_status(tmp_path, capsys):
+    """A folder holding another run, an unusable out_dir, a diverging run: one line on stderr, no traceback."""
+    taken = tmp_path / "taken"
+    train(TrainConfig(**{"model_overrides": {"text": {"layers": 1}}, "batch_size": 16, "eval_tasks": [], "steps": 1,
+                         "threads": 1, "progress": False, "out_dir": str(taken)}))
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        (["--out_dir", str(taken)], 2, f"error: out_dir {taken} already holds a run (ckpt-000001, metrics.jsonl); continue it"),
+        (["--out_dir", str(tmp_path / "a-file")], 2, "is a file, not a folder"),
+        (["--out_dir", str(tmp_path / "nan"), "--lr", "1e30", "--eval_tasks"], 1, "3 non-finite steps in a row, the last at step 3"),
+    ]
+    for flags, status, message in cases:
+        assert main(["--steps", "5", *TINY, *flags]) == status
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("python -m clipmini.train: error: ") and message in lines[0], err
+    assert parse_args(["--overwrite"]).overwrite is True and parse_args([]).overwrite is False
+    assert main(["--steps", "1", *TINY, "--eval_tasks", "--out_dir", str(taken), "--overwrite"]) == 0
+    assert [p.name for p in sorted(taken.glob("ckpt-*"))] == ["ckpt-000001"]

@@ -5,7 +5,8 @@ the same code gives the same weights; `load_or_train` trains on the first call a
 result on the next ones. The key hashes the config's canonical JSON (minus the fields that only change
 where and how a run reports) and the source of every module that decides the weights, so editing the
 model or the loop invalidates the cache by itself. Entries are written aside and renamed into place,
-and verified (sha256) on load; a damaged entry is trained again, never loaded.
+and verified (sha256) on load; a damaged entry (or anything else in its place) is removed and trained
+again, never loaded, and the work folders of writers that were killed are cleaned away.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -99,6 +101,47 @@ def _load(entry: Path, config: TrainConfig):
     return model, tokenizer, metrics
 
 
+_WORK = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")  # a writer's work folder: .<entry>.tmp-<pid>-<hex>
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, and belongs to another user
+        return True
+    return True
+
+
+def _clean_stale_work(root: Path) -> list[Path]:
+    """Delete the work folders under `root` whose writer no longer runs (it was killed mid-store)."""
+    removed = []
+    if root.is_dir():
+        for path in root.iterdir():
+            match = _WORK.match(path.name)
+            if match and path.is_dir() and not _running(int(match["pid"])):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _discard(entry: Path) -> None:
+    """Remove an unusable entry, whatever stands there (a folder, a file, a link); say so if it cannot be."""
+    try:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    except FileNotFoundError:
+        pass  # another process removed it first
+    except OSError as err:
+        raise OSError(
+            f"the cached model {entry} cannot be used and cannot be removed ({err}); delete it by hand, "
+            f"or set {CACHE_ENV} to another folder"
+        ) from err
+
+
 def load_or_train(config: TrainConfig | dict, cache_dir: str | os.PathLike | None = None):
     """`(model, tokenizer, metrics)` of `config`'s run: from the cache if present, else trained and stored.
 
@@ -107,12 +150,13 @@ def load_or_train(config: TrainConfig | dict, cache_dir: str | os.PathLike | Non
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     entry = cache_entry(config, cache_dir)
-    if entry.exists():
+    _clean_stale_work(entry.parent)
+    if entry.exists() or entry.is_symlink():
         try:
             return _load(entry, config)
         except (CheckpointError, ValueError, KeyError, OSError) as err:
             warnings.warn(f"the cached model {entry} is damaged ({err}); training it again", stacklevel=2)
-            shutil.rmtree(entry, ignore_errors=True)
+            _discard(entry)
 
     run_config = dataclasses.replace(config, out_dir=None, resume=False, checkpoint_every=0)
     result = train(run_config)
@@ -120,7 +164,7 @@ def load_or_train(config: TrainConfig | dict, cache_dir: str | os.PathLike | Non
     metrics = dict(result.metrics)
 
     entry.parent.mkdir(parents=True, exist_ok=True)
-    work = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # see _WORK
     try:
         written = save_checkpoint(
             work,

@@ -807,16 +807,17 @@ class _Batches:
 
 
 class _Collate:
-    """Stack images and tokenize captions (runs in the DataLoader's workers, so it must pickle)."""
+    """Stack images, tokenize captions, and attach what this worker skipped since its last batch (runs in
+    the DataLoader's workers, so it must pickle; the skips travel with the batch to the main process)."""
 
-    def __init__(self, tokenizer, context_length: int, dedupe: bool):
-        self.tokenizer, self.context_length, self.dedupe = tokenizer, context_length, dedupe
+    def __init__(self, tokenizer, context_length: int, dedupe: bool, skips):
+        self.tokenizer, self.context_length, self.dedupe, self.skips = tokenizer, context_length, dedupe, skips
 
     def __call__(self, samples):
         images = torch.stack([image for image, _ in samples])  # [b, 3, R, R]
         captions = [caption for _, caption in samples]
         tokens = self.tokenizer(captions, context_length=self.context_length, truncate=True)  # [b, L]
-        return images, tokens, _caption_ids(captions) if self.dedupe else None
+        return images, tokens, _caption_ids(captions) if self.dedupe else None, self.skips.take()
 
 
 class _LoaderBatches:
@@ -824,22 +825,28 @@ class _LoaderBatches:
 
     Not random access: batch `step` is found by reading the stream from its start (each epoch's order
     is fixed by the seed), so a resumed run fast-forwards over the batches it has already seen.
+
+    Broken samples are skipped and counted: each batch brings the skips that came before it (in
+    whichever worker), and at the end of an epoch the shared counts add those after the last batch and
+    one warning reports the epoch. `skips` holds the totals by reason, in samples (shards apart).
     """
 
     def __init__(self, config: TrainConfig, tokenizer, info: DistInfo, device: torch.device, context_length: int, image_size: int):
         from torch.utils.data import DataLoader
 
-        from .data import CsvImageText, WebDatasetImageText, clip_transform
+        from .data import CsvImageText, SkipCounter, WebDatasetImageText, clip_transform
 
         transform = clip_transform(image_size, train=True)
+        self.skip_counter = SkipCounter(Path(config.train_data).name, warn_each_epoch=False)  # this class warns
         if config.data == "csv":
             self.dataset = CsvImageText(
-                config.train_data, transform=transform, rank=info.rank, world_size=info.world_size, shuffle=True, seed=config.seed
+                config.train_data, transform=transform, rank=info.rank, world_size=info.world_size, shuffle=True,
+                seed=config.seed, skips=self.skip_counter,
             )
         else:
             self.dataset = WebDatasetImageText(
                 config.train_data, transform=transform, rank=info.rank, world_size=info.world_size,
-                shuffle_shards=True, seed=config.seed,
+                shuffle_shards=True, seed=config.seed, skips=self.skip_counter,
             )
         self.local_batch = config.batch_size // info.world_size
         self.loader = DataLoader(
@@ -847,11 +854,36 @@ class _LoaderBatches:
             batch_size=self.local_batch,
             num_workers=config.data_workers,
             drop_last=True,  # every rank must pass the same batch size to the loss
-            collate_fn=_Collate(tokenizer, context_length, config.dedupe_captions and config.loss == "clip"),
+            collate_fn=_Collate(tokenizer, context_length, config.dedupe_captions and config.loss == "clip", self.skip_counter),
             pin_memory=device.type == "cuda",
         )
         self.device, self.source, self.seed = device, config.train_data, config.seed
         self.epoch, self.iterator, self.position, self.in_epoch = 0, None, 0, 0
+        self.skips: dict[str, int] = {}  # skipped samples (and damaged shards) by reason, this run so far
+        self.epoch_skips: dict[str, int] = {}  # ... of this epoch, as the batches brought them
+        self.epoch_examples: list = []
+        self.replaying = False  # a resumed run's fast-forward: its epochs were reported by the first run
+
+    def _count(self, counts: dict[str, int]) -> None:
+        for reason, n in counts.items():
+            self.skips[reason] = self.skips.get(reason, 0) + n
+            self.epoch_skips[reason] = self.epoch_skips.get(reason, 0) + n
+
+    def _end_epoch(self) -> None:
+        """Count the skips after the epoch's last batch (the workers are done: the shared counts are whole)."""
+        counter = self.skip_counter
+        self._count({r: n - self.epoch_skips.get(r, 0) for r, n in counter.counts.items() if n > self.epoch_skips.get(r, 0)})
+        if not self.replaying:
+            counter.warn(f"epoch {self.epoch} of ", self.epoch_examples)
+        counter.reset()
+        self.epoch_skips, self.epoch_examples = {}, []
+
+    def skip_totals(self) -> dict[str, int]:
+        shards = self.skip_counter.SHARD_REASONS
+        return {
+            "skipped_samples": sum(n for r, n in self.skips.items() if r not in shards),
+            "damaged_shards": sum(n for r, n in self.skips.items() if r in shards),
+        }
 
     def _next(self):
         while True:
@@ -861,22 +893,28 @@ class _LoaderBatches:
                 self.loader.generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
                 self.iterator, self.in_epoch = iter(self.loader), 0
             try:
-                batch = next(self.iterator)
+                *batch, skipped = next(self.iterator)
                 self.in_epoch += 1
+                self._count(skipped["counts"])
+                self.epoch_examples += skipped["examples"][: max(0, 3 - len(self.epoch_examples))]
                 return batch
             except StopIteration:
                 if self.in_epoch == 0:
                     raise ValueError(
-                        f"{self.source} gave no complete batch of {self.local_batch} usable samples on this rank"
+                        f"{self.source} gave no complete batch of {self.local_batch} usable samples on this rank "
+                        f"({self.skip_counter.report()})"
                     ) from None
+                self._end_epoch()
                 self.epoch, self.iterator = self.epoch + 1, None
 
     def get(self, step: int):
         if self.position < step:  # resume: skip what the first run already trained on, leaving the
+            self.replaying = True
             with torch.random.fork_rng(devices=[]):  # restored RNG as the checkpoint had it
                 while self.position < step:
                     self._next()
                     self.position += 1
+            self.replaying = False
         images, tokens, ids = self._next()
         self.position += 1
         nb = self.device.type == "cuda"
@@ -1228,6 +1266,18 @@ class _Run:
                 modules=self.extra_modules,
             )
 
+    def data_skips(self) -> dict[str, int]:
+        """Real data: broken samples skipped (and damaged shards) so far, all ranks together; the world has none.
+        Every rank must call it at the same points."""
+        if not isinstance(self.batches, _LoaderBatches):
+            return {}
+        totals = self.batches.skip_totals()
+        if self.info.world_size > 1:  # every rank logs at the same steps: a collective is safe here
+            summed = torch.tensor(list(totals.values()), dtype=torch.int64, device=self.device)
+            dist.all_reduce(summed)
+            totals = dict(zip(totals, summed.tolist()))
+        return totals
+
     def tau(self) -> float:
         scale = self.siglip_head.logit_scale if self.siglip_head is not None else self.model.logit_scale
         return math.exp(-float(scale.detach()))  # a host sync: only when logging
@@ -1242,6 +1292,7 @@ class _Run:
         )
         self.log = open(self.out_dir / METRICS_FILE, "a") if self.writes else None
         window_losses: list[float] = []
+        data_skips: dict[str, int] = {}
         window_start, window_steps = time.perf_counter(), 0
         busy, last_loss = 0.0, math.nan  # seconds spent training (not evaluating or saving)
         self.model.validate_inputs = True  # check the first batch's values; later ones skip those host syncs
@@ -1266,7 +1317,10 @@ class _Run:
                     last_loss = out.loss
                 bar.update(1)
 
-                if done % config.log_every == 0 or done == config.steps or out.skipped:
+                periodic = done % config.log_every == 0 or done == config.steps  # the same steps on every rank
+                if periodic:
+                    data_skips = self.data_skips()  # (a collective under DDP: never on a rank's own condition)
+                if periodic or out.skipped:
                     seconds = time.perf_counter() - window_start
                     busy += seconds
                     samples_per_s = window_steps * config.batch_size / max(seconds, 1e-9)
@@ -1280,11 +1334,15 @@ class _Run:
                         "samples_seen": done * config.batch_size,
                         "samples_per_s": round(samples_per_s, 1),
                         "nonfinite_skips": self.skipped,
+                        **data_skips,
                     }
                     if out.skipped:
                         entry["skipped"] = True
                     self.record(entry)
-                    bar.set_postfix(loss=entry["loss"], tau=f"{tau:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
+                    bar.set_postfix(
+                        loss=entry["loss"], tau=f"{tau:.4f}", samples_s=f"{samples_per_s:.0f}",
+                        **({"skipped_samples": entry["skipped_samples"]} if entry.get("skipped_samples") else {}), refresh=False,
+                    )
                     window_losses, window_steps = [], 0
                     window_start = time.perf_counter()
                 if config.max_nonfinite_steps and self.skipped_in_a_row >= config.max_nonfinite_steps:
@@ -1323,6 +1381,7 @@ class _Run:
             "loss": last_loss if math.isfinite(last_loss) else None,  # the last step's
             "tau": self.tau(),
             "nonfinite_skips": self.skipped,
+            **self.data_skips(),
             "samples_seen": config.steps * config.batch_size,
             "steps_per_s": round(ran / busy, 3) if busy > 0 else None,  # this process's steps, without eval/saving
             "samples_per_s": round(ran * config.batch_size / busy, 1) if busy > 0 else None,

@@ -482,3 +482,76 @@ def test_unusable_out_dirs_are_refused_before_any_work(tmp_path, monkeypatch):
         with pytest.raises(train_module.TrainSetupError, match=message):
             train(TrainConfig(**WORLD_RUN, steps=1, out_dir=str(out_dir)))
     assert built == []  # refused before the model (or the tokenizer) was built
+
+
+# ----------------------------------------------------------------------------------------------
+# broken samples of real data: counted across DataLoader workers, logged, warned once an epoch
+
+REAL_RUN = dict(
+    model_overrides={"vision": {"layers": 1}, "text": {"layers": 1, "vocab_size": 49408, "context_length": 77}},
+    tokenizer="openai", batch_size=8, steps=5, warmup_steps=1, eval_tasks=[], progress=False, log_every=1, threads=1,
+)
+
+
+def _train_recording_skips(config: TrainConfig):
+    import warnings
+
+    from clipmini.data import SkippedSamplesWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(config)
+    return result, [str(w.message) for w in caught if issubclass(w.category, SkippedSamplesWarning)]
+
+
+def test_skipped_samples_are_counted_in_every_worker_logged_and_warned_each_epoch(tmp_path):
+    csv = _write_csv_dataset(tmp_path)  # 20 good rows: 2 batches of 8 an epoch
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with open(csv, "a") as f:
+        f.write("missing.png,a photo of nothing\nbroken.png,an undecodable image\n3.png,\n")
+    logs = {}
+    for workers in (0, 1, 2):
+        out = tmp_path / f"workers-{workers}"
+        config = TrainConfig(**REAL_RUN, data="csv", train_data=str(csv), data_workers=workers, out_dir=str(out))
+        result, warned = _train_recording_skips(config)
+        # 5 steps = epochs 0 and 1, and the first batch of epoch 2: one warning for each finished epoch
+        assert warned == [
+            f"epoch {epoch} of pairs.csv: skipped 3 of 23 samples (1 missing file, 1 undecodable image, 1 bad caption)"
+            + warned[epoch][warned[epoch].index("; e.g."):] for epoch in (0, 1)
+        ], warned
+        assert all("missing.png [missing_file]" in w or "broken.png [undecodable_image]" in w for w in warned)
+        logged = [r["skipped_samples"] for r in _log(out)]
+        assert logged == sorted(logged) and logged[-1] == result.metrics["skipped_samples"]
+        assert 3 <= logged[2] and 6 <= logged[-1] <= 9  # both finished epochs, and what epoch 2 skipped so far
+        assert result.metrics["damaged_shards"] == 0
+        logs[workers] = logged
+    assert logs[0] == logs[1]  # one worker process counts exactly what the loop itself counts, batch by batch
+
+
+def test_damaged_shards_are_counted_as_shards_in_the_log(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    def image(i):
+        buf = io.BytesIO()
+        Image.new("RGB", (36, 36), (20 * i, 100, 200)).save(buf, "PNG")
+        return buf.getvalue()
+
+    for shard, count in (("a", 12), ("b", 4)):
+        with tarfile.open(tmp_path / f"{shard}.tar", "w") as tar:
+            for i in range(count):
+                for ext, data in (("png", image(i)), ("txt", f"a square number {i}".encode())):
+                    info = tarfile.TarInfo(f"{shard}{i:03d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(tmp_path / "b.tar") as tar:
+        cut = tar.getmembers()[4].offset  # before sample 2: samples 0 and 1 are read, the rest of shard b is lost
+    (tmp_path / "b.tar").write_bytes((tmp_path / "b.tar").read_bytes()[:cut])
+    config = TrainConfig(**dict(REAL_RUN, steps=2), data="webdataset", train_data=str(tmp_path / "{a,b}.tar"),
+                         data_workers=1, out_dir=str(tmp_path / "run"))
+    result, warned = _train_recording_skips(config)
+    assert result.metrics["damaged_shards"] == 1 and result.metrics["skipped_samples"] == 0
+    assert warned and "1 damaged shard (1 truncated shard), whose samples from the damage on are lost" in warned[0]
+    assert "skipped" not in warned[0].split(":", 1)[1].split(";")[0]  # no shard counted as a sample

@@ -39,6 +39,7 @@ from torch import nn
 
 from .checkpoint import (
     TOKENIZER_FILE,
+    CheckpointError,
     clean_incomplete,
     delete_checkpoints,
     latest_checkpoint,
@@ -181,6 +182,7 @@ class TrainConfig:
         need(self.checkpoint_every >= 0, f"'checkpoint_every' must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
         need(self.keep_checkpoints >= 1, f"'keep_checkpoints' must be >= 1, got {self.keep_checkpoints}")
         need(self.resume != "", "'resume' must be true, false or the path of a checkpoint (or run folder), got ''")
+        need(self.out_dir != "", "'out_dir' must be a folder or None (write nothing), got '' (it would be the current folder)")
         need(
             not (self.overwrite and self.resume is not False),
             f"'overwrite' deletes the run in out_dir and 'resume' continues one (resume={self.resume!r}): set only one",
@@ -1139,7 +1141,7 @@ def _resume_path(config: TrainConfig, out_dir: Path | None, info: DistInfo) -> P
         if path.is_dir() and not (path / "MANIFEST.json").exists():  # a run folder: its latest checkpoint
             found = latest_checkpoint(path, cleanup=False)  # another run's folder: ignore incomplete ones, delete nothing
             if found is None:
-                raise FileNotFoundError(f"resume={config.resume!r}: no complete checkpoint in {path}")
+                raise TrainSetupError(f"resume={config.resume!r}: no complete checkpoint in {path}")
             return found
         return path
     if out_dir is None:
@@ -1187,7 +1189,10 @@ class _Run:
         self.world = make_world(config) if config.data == "world" else None
         resume_from = _resume_path(config, self.out_dir, info)
         if resume_from is not None:  # checked before any work: every file verified, the configuration compared
-            resumed = load_checkpoint(resume_from, restore_rng=False)
+            try:
+                resumed = load_checkpoint(resume_from, restore_rng=False)
+            except CheckpointError as err:
+                raise TrainSetupError(f"resume={config.resume!r}: {err}") from None
             _check_same_run(resumed.config, config, f"checkpoint {resume_from}", resumed.extra, self.ran_as)
         elif self.writes and config.resume is True and _run_in(self.out_dir):  # a log, but no complete checkpoint
             _check_same_run(_read_json(self.out_dir / CONFIG_FILE), config, f"the run in out_dir {self.out_dir}")

@@ -166,6 +166,8 @@ def test_wrong_types_are_rejected_naming_the_field(tmp_path):
         ({"data": "csv"}, r"needs 'train_data'"),
         ({"keep_checkpoints": 0}, r"'keep_checkpoints' must be >= 1"),
         ({"eval_tasks": ["colour_shape"]}, r"'eval_tasks' has unknown task\(s\) \['colour_shape'\]"),
+        ({"out_dir": ""}, r"'out_dir' must be a folder or None \(write nothing\), got ''"),
+        ({"resume": ""}, r"'resume' must be true, false or the path of a checkpoint"),
     ],
 )
 def test_impossible_values_are_rejected(values, message):
@@ -282,6 +284,9 @@ def test_cli_stops_with_one_line_and_a_nonzero_status(tmp_path, capsys):
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("python -m clipmini.train: error: ") and message in lines[0], err
+    missing = tmp_path / "nowhere" / "ckpt-000003"
+    assert main(["--steps", "1", *TINY, "--out_dir", str(tmp_path / "new"), "--resume", str(missing)]) == 2
+    assert f"error: resume='{missing}': {missing} is not a checkpoint folder" in capsys.readouterr().err
     assert parse_args(["--overwrite"]).overwrite is True and parse_args([]).overwrite is False
     assert main(["--steps", "1", *TINY, "--eval_tasks", "--out_dir", str(taken), "--overwrite"]) == 0
     assert [p.name for p in sorted(taken.glob("ckpt-*"))] == ["ckpt-000001"]

@@ -290,3 +290,24 @@ def test_cli_stops_with_one_line_and_a_nonzero_status(tmp_path, capsys):
     assert parse_args(["--overwrite"]).overwrite is True and parse_args([]).overwrite is False
     assert main(["--steps", "1", *TINY, "--eval_tasks", "--out_dir", str(taken), "--overwrite"]) == 0
     assert [p.name for p in sorted(taken.glob("ckpt-*"))] == ["ckpt-000001"]
+
+
+def test_torchrun_logs_the_skipped_samples_of_every_rank(tmp_path):
+    from test_train import _write_csv_dataset
+
+    csv = _write_csv_dataset(tmp_path, 32)  # 16 good rows a rank: two batches of 8 an epoch on each
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with open(csv, "a") as f:  # rows 33-36: the ranks take every other row, so two broken ones each
+        f.write("missing.png,a photo of nothing\nbroken.png,an undecodable image\n3.png,\nmissing2.png,gone\n")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clipmini.train",
+           "--model_overrides", "{vision: {layers: 1}, text: {layers: 1, vocab_size: 49408, context_length: 77}}",
+           "--tokenizer", "openai", "--data", "csv", "--train_data", str(csv), "--batch_size", "16", "--steps", "3",
+           "--warmup_steps", "1", "--eval_tasks", "--no-progress", "--log_every", "1", "--threads", "1",
+           "--device", "cpu", "--data_workers", "1", "--out_dir", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = [json.loads(line)["skipped_samples"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # step 3 reads epoch 1's first batch: epoch 0 is over, with its two broken rows on each rank, summed
+    assert logged == sorted(logged) and 4 <= logged[-1] <= 8
+    assert proc.stderr.count("SkippedSamplesWarning: epoch 0 of pairs.csv: skipped 2 of 18 samples") == 2  # one per rank

@@ -187,7 +187,10 @@ class TrainConfig:
             not (self.overwrite and self.resume is not False),
             f"'overwrite' deletes the run in out_dir and 'resume' continues one (resume={self.resume!r}): set only one",
         )
-        need(self.max_nonfinite_steps >= 0, f"'max_nonfinite_steps' must be >= 0 (0 = never stop), got {self.max_nonfinite_steps}")
+        need(
+            self.max_nonfinite_steps >= 0,
+            f"'max_nonfinite_steps' must be >= 0 (0 = never stop), got {self.max_nonfinite_steps}",
+        )
         need(0 <= self.seed < 2**32, f"'seed' must be in [0, 2**32), got {self.seed}")
         need(self.data_workers >= 0, f"'data_workers' must be >= 0, got {self.data_workers}")
         need(self.threads is None or self.threads >= 1, f"'threads' must be >= 1 or None, got {self.threads}")

@@ -106,7 +106,9 @@ class SkipCounter:
             raise ValueError(f"unknown skip reason {reason!r}; choose from {self.REASONS}")
         with self._counts.get_lock():
             self._counts[self.REASONS.index(reason)] += 1
-        example = (reason, str(key), "" if error is None else f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error))
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"
+        example = (reason, str(key), "" if error is None else str(error))
         if len(self.examples) < self.MAX_EXAMPLES:
             self.examples.append(example)
         counts, examples = self._since_take

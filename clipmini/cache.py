@@ -5,7 +5,8 @@ the same code gives the same weights; `load_or_train` trains on the first call a
 result on the next ones. The key hashes the config's canonical JSON (minus the fields that only change
 where and how a run reports) and the source of every module that decides the weights, so editing the
 model or the loop invalidates the cache by itself. Entries are written aside and renamed into place,
-and verified (sha256) on load; a damaged entry is trained again, never loaded.
+and verified (sha256) on load; a damaged entry (or anything else in its place) is removed and trained
+again, never loaded, and the work folders of writers that were killed are cleaned away.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -25,14 +27,11 @@ from torch import nn
 
 from .checkpoint import TOKENIZER_FILE, CheckpointError, load_checkpoint, save_checkpoint
 from .fileio import fsync_dir
-from .train import DistInfo, TrainConfig, _resolve_device, make_model, train
+from .train import DistInfo, TrainConfig, _resolve_device, make_model, result_fields, train
 
 __all__ = ["default_cache_dir", "code_fingerprint", "cache_key", "cache_entry", "load_or_train"]
 
 CACHE_ENV = "CLIPMINI_CACHE"
-
-# Fields that change where and how a run reports, never the weights or metrics it produces.
-_NOT_IN_KEY = ("out_dir", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "data_workers")
 
 # The modules (or packages) whose source decides a trained model's weights and its metrics.
 _CODE_MODULES = (
@@ -69,14 +68,8 @@ def code_fingerprint() -> str:
 
 
 def _key_payload(config: TrainConfig) -> dict:
-    values = config.to_dict()
-    for name in _NOT_IN_KEY:
-        values.pop(name, None)
+    values = result_fields(config)  # canonical, without the fields that only change where and how a run reports
     values["device"] = _resolve_device(config.device, DistInfo()).type  # "auto" means different things on different machines
-    # canonical forms: the same model or world spelled two ways is one key
-    values["model_overrides"] = config.clip_config().to_dict()
-    if config.data == "world":
-        values["world"] = config.world_config().to_dict()
     return {"config": values, "code": code_fingerprint(), "torch": torch.__version__}
 
 
@@ -108,6 +101,47 @@ def _load(entry: Path, config: TrainConfig):
     return model, tokenizer, metrics
 
 
+_WORK = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")  # a writer's work folder: .<entry>.tmp-<pid>-<hex>
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, and belongs to another user
+        return True
+    return True
+
+
+def _clean_stale_work(root: Path) -> list[Path]:
+    """Delete the work folders under `root` whose writer no longer runs (it was killed mid-store)."""
+    removed = []
+    if root.is_dir():
+        for path in root.iterdir():
+            match = _WORK.match(path.name)
+            if match and path.is_dir() and not _running(int(match["pid"])):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _discard(entry: Path) -> None:
+    """Remove an unusable entry, whatever stands there (a folder, a file, a link); say so if it cannot be."""
+    try:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    except FileNotFoundError:
+        pass  # another process removed it first
+    except OSError as err:
+        raise OSError(
+            f"the cached model {entry} cannot be used and cannot be removed ({err}); delete it by hand, "
+            f"or set {CACHE_ENV} to another folder"
+        ) from err
+
+
 def load_or_train(config: TrainConfig | dict, cache_dir: str | os.PathLike | None = None):
     """`(model, tokenizer, metrics)` of `config`'s run: from the cache if present, else trained and stored.
 
@@ -116,12 +150,13 @@ def load_or_train(config: TrainConfig | dict, cache_dir: str | os.PathLike | Non
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     entry = cache_entry(config, cache_dir)
-    if entry.exists():
+    _clean_stale_work(entry.parent)
+    if entry.exists() or entry.is_symlink():
         try:
             return _load(entry, config)
         except (CheckpointError, ValueError, KeyError, OSError) as err:
             warnings.warn(f"the cached model {entry} is damaged ({err}); training it again", stacklevel=2)
-            shutil.rmtree(entry, ignore_errors=True)
+            _discard(entry)
 
     run_config = dataclasses.replace(config, out_dir=None, resume=False, checkpoint_every=0)
     result = train(run_config)
@@ -129,7 +164,7 @@ def load_or_train(config: TrainConfig | dict, cache_dir: str | os.PathLike | Non
     metrics = dict(result.metrics)
 
     entry.parent.mkdir(parents=True, exist_ok=True)
-    work = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # see _WORK
     try:
         written = save_checkpoint(
             work,

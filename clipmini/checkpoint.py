@@ -2,7 +2,8 @@
 
 A checkpoint of step 123 is the folder `ckpt-000123/` holding
 
-- `model.safetensors`: the model's `state_dict` (loads into `clipmini.model.CLIP` directly),
+- `model.safetensors`: the model's `state_dict`, with a CLIP's configuration in its metadata (so
+  `clipmini.load` rebuilds the model from this one file),
 - `optimizer.safetensors`: the optimizer's tensors (Adam moments, step counts),
 - `state.json`: everything else (training config, step, optimizer structure, schedule, grad-scaler,
   the RNG states of Python, NumPy and PyTorch, the data position),
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import CLIPConfig
 from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "list_checkpoints",
     "verify_checkpoint",
     "clean_incomplete",
+    "delete_checkpoints",
     "save_weights",
     "load_weights",
     "rng_state",
@@ -82,6 +85,14 @@ def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata
     atomic_write_bytes(path, safetensors_bytes(_to_storable(tensors), metadata=metadata))
 
 
+def _weights_metadata(model: nn.Module | Mapping) -> dict[str, str]:
+    """safetensors metadata of a model's weights: a CLIP's configuration too, as `clipmini.save` writes it."""
+    from .model import config_metadata
+
+    config = getattr(model, "config", None)
+    return {"format": "pt", **(config_metadata(config) if isinstance(config, CLIPConfig) else {})}
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -100,7 +111,7 @@ def save_weights(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.
     """Write a model's `state_dict` (or a dict of tensors) to a safetensors file, atomically."""
     path = Path(path)
     state = model.state_dict() if isinstance(model, nn.Module) else model
-    _write_safetensors(path, state, metadata={"format": "pt"})
+    _write_safetensors(path, state, metadata=_weights_metadata(model))
     return path
 
 
@@ -273,12 +284,17 @@ def save_checkpoint(
 ) -> Path:
     """Write `ckpt-{step:06d}/` under `directory` crash-safely; keep the newest `keep` (None = all).
 
+    Rotation counts only checkpoints up to `step`: the one just written is never deleted, and neither
+    is a later step's folder (e.g. of the run this one resumed from an earlier checkpoint).
+
     `step` counts the optimizer steps done (and is the index of the next batch: data positions are
     step indices). `config` and `extra` must be JSON-ready; `tokenizer` needs a `.save(path)`;
     each of `modules` (e.g. a SigLIP head) is stored as `{name}.safetensors`.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be an int >= 0; got {step!r}")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep must be an int >= 1 or None; got {keep!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
@@ -288,11 +304,11 @@ def save_checkpoint(
         shutil.rmtree(partial)
     partial.mkdir()
 
-    _write_safetensors(partial / MODEL_FILE, model.state_dict(), metadata={"format": "pt"})
+    _write_safetensors(partial / MODEL_FILE, model.state_dict(), metadata=_weights_metadata(model))
     for name_, module in (modules or {}).items():
         if name_ in ("model", "optimizer"):
             raise ValueError(f"module name {name_!r} is reserved")
-        _write_safetensors(partial / f"{name_}.safetensors", module.state_dict(), metadata={"format": "pt"})
+        _write_safetensors(partial / f"{name_}.safetensors", module.state_dict(), metadata=_weights_metadata(module))
     state: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "step": step,
@@ -326,9 +342,8 @@ def save_checkpoint(
     fsync_dir(directory)
 
     if keep is not None:
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1 or None; got {keep}")
-        for old in list_checkpoints(directory, verify=False)[:-keep]:
+        older = [p for p in list_checkpoints(directory, verify=False) if _step_of(p) <= step]  # ends with `final`
+        for old in older[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -380,21 +395,28 @@ def list_checkpoints(directory: str | os.PathLike, *, verify: bool = True) -> li
     return [p for _, p in sorted(found)]
 
 
+def _checkpoint_folders(directory: Path) -> list[tuple[Path, bool]]:
+    """(folder, is a writer's hidden `.ckpt-*.partial` work folder) for every checkpoint folder under `directory`."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.iterdir()):
+        partial = path.name.startswith(".ckpt-") and path.name.endswith(".partial")
+        if path.is_dir() and (partial or _step_of(path) is not None):
+            found.append((path, partial))
+    return found
+
+
 def clean_incomplete(directory: str | os.PathLike, *, partial: bool = True) -> list[Path]:
     """Delete the checkpoint folders under `directory` that fail verification; return them.
 
     With `partial=True` also delete leftover `.ckpt-*.partial` folders of an interrupted writer; only
     the process that owns `directory` (the trainer) should ask for that.
     """
-    directory = Path(directory)
     removed = []
-    if not directory.is_dir():
-        return removed
-    for path in sorted(directory.iterdir()):
-        if not path.is_dir():
-            continue
-        stale = partial and path.name.startswith(".ckpt-") and path.name.endswith(".partial")
-        if not stale and _step_of(path) is not None:
+    for path, is_partial in _checkpoint_folders(Path(directory)):
+        stale = partial and is_partial
+        if not is_partial:
             try:
                 verify_checkpoint(path)
             except CheckpointError:
@@ -402,6 +424,15 @@ def clean_incomplete(directory: str | os.PathLike, *, partial: bool = True) -> l
         if stale:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+    return removed
+
+
+def delete_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Delete every checkpoint folder under `directory`, complete or not (a run replaced on purpose)."""
+    removed = []
+    for path, _ in _checkpoint_folders(Path(directory)):
+        shutil.rmtree(path)
+        removed.append(path)
     return removed
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "create_model",
     "load",
     "save",
+    "config_metadata",
     "read_state_dict",
     "KNOWN_CHECKPOINTS",
     "sha256_file",
@@ -383,6 +384,13 @@ def create_model(name_or_config: str | CLIPConfig | Mapping) -> CLIP:
 _CONFIG_METADATA_KEY = "clipmini_config"  # safetensors metadata entry holding CLIPConfig JSON
 
 
+def config_metadata(config: CLIPConfig) -> dict[str, str]:
+    """The safetensors metadata that stores `config` beside the weights (`read_state_dict` reads it back)."""
+    if not isinstance(config, CLIPConfig):
+        raise TypeError(f"config_metadata expects a CLIPConfig; got {type(config).__name__}")
+    return {_CONFIG_METADATA_KEY: json.dumps(config.to_dict())}
+
+
 def _is_safetensors(path: Path) -> bool:
     if path.suffix == ".safetensors":
         return True
@@ -478,8 +486,7 @@ def save(model: CLIP, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {_CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
-    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=config_metadata(model.config)))
     return path
 
 

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +39,11 @@ from torch import nn
 
 from .checkpoint import (
     TOKENIZER_FILE,
-    Checkpoint,
+    CheckpointError,
     clean_incomplete,
+    delete_checkpoints,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -65,6 +68,8 @@ __all__ = [
     "compute_gradients",
     "train_step",
     "train",
+    "TrainSetupError",
+    "result_fields",
     "read_yaml",
     "build_parser",
     "parse_args",
@@ -108,6 +113,7 @@ class TrainConfig:
     loss_direction: Literal["both", "image", "text"] = "both"  # loss="clip": image→text rows only, text→image columns only, or both (the paper)
     dedupe_captions: bool = True  # identical captions in a batch are not each other's negatives
     on_nonfinite: Literal["skip", "stop"] = "skip"  # a NaN/inf loss or gradient: skip the step (counted), or raise
+    max_nonfinite_steps: int = 3  # on_nonfinite="skip": this many skipped steps in a row stop the run; 0 = never stop
     # --- evaluation and logging
     eval_every: int = 0  # zero-shot evaluation every this many steps; 0 = only at the end
     eval_tasks: list[str] = field(default_factory=lambda: ["color_shape"])  # caption-world tasks to evaluate
@@ -119,6 +125,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # save a checkpoint every this many steps; 0 = only the final one
     keep_checkpoints: int = 2  # complete checkpoints kept (older ones are deleted)
     resume: bool | str = False  # True = continue from the latest complete checkpoint in out_dir; a path = from that one
+    overwrite: bool = False  # replace the run already in out_dir (its checkpoints and log are deleted); else refuse to start
     # --- machinery
     seed: int = 0  # seeds the model init and every RNG; data are a pure function of (world seed, step)
     device: str = "auto"  # "auto" = CUDA when present (cuda:LOCAL_RANK under torchrun), else the CPU
@@ -176,6 +183,16 @@ class TrainConfig:
         need(self.log_every >= 1, f"'log_every' must be >= 1, got {self.log_every}")
         need(self.checkpoint_every >= 0, f"'checkpoint_every' must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
         need(self.keep_checkpoints >= 1, f"'keep_checkpoints' must be >= 1, got {self.keep_checkpoints}")
+        need(self.resume != "", "'resume' must be true, false or the path of a checkpoint (or run folder), got ''")
+        need(self.out_dir != "", "'out_dir' must be a folder or None (write nothing), got '' (it would be the current folder)")
+        need(
+            not (self.overwrite and self.resume is not False),
+            f"'overwrite' deletes the run in out_dir and 'resume' continues one (resume={self.resume!r}): set only one",
+        )
+        need(
+            self.max_nonfinite_steps >= 0,
+            f"'max_nonfinite_steps' must be >= 0 (0 = never stop), got {self.max_nonfinite_steps}",
+        )
         need(0 <= self.seed < 2**32, f"'seed' must be in [0, 2**32), got {self.seed}")
         need(self.data_workers >= 0, f"'data_workers' must be >= 0, got {self.data_workers}")
         need(self.threads is None or self.threads >= 1, f"'threads' must be >= 1 or None, got {self.threads}")
@@ -580,15 +597,19 @@ def _contrastive_loss(config: TrainConfig, image_features, text_features, scale,
         return clip_loss(image_features, text_features, scale, direction=config.loss_direction, caption_ids=caption_ids)
 
 
-def _nonfinite_message(kind: str, step: int, config: TrainConfig, lr: float, loss: float, grad_norm: float) -> str:
+def _nonfinite_cause(config: TrainConfig, lr: float) -> str:
     cause = f"the learning rate is too high (lr={lr:.3g})"
     if config.precision == "fp16":
         cause += " or fp16 overflowed (try precision='bf16')"
     elif config.precision == "bf16":
         cause += " or bf16 lost too much precision"
+    return cause
+
+
+def _nonfinite_message(kind: str, step: int, config: TrainConfig, lr: float, loss: float, grad_norm: float) -> str:
     return (
-        f"non-finite {kind} at step {step} (loss={loss}, grad_norm={grad_norm}); likely cause: {cause}. "
-        "Lower 'lr', raise 'warmup_steps', or set on_nonfinite='skip'"
+        f"non-finite {kind} at step {step} (loss={loss}, grad_norm={grad_norm}); likely cause: "
+        f"{_nonfinite_cause(config, lr)}. Lower 'lr', raise 'warmup_steps', or set on_nonfinite='skip'"
     )
 
 
@@ -793,16 +814,17 @@ class _Batches:
 
 
 class _Collate:
-    """Stack images and tokenize captions (runs in the DataLoader's workers, so it must pickle)."""
+    """Stack images, tokenize captions, and attach what this worker skipped since its last batch (runs in
+    the DataLoader's workers, so it must pickle; the skips travel with the batch to the main process)."""
 
-    def __init__(self, tokenizer, context_length: int, dedupe: bool):
-        self.tokenizer, self.context_length, self.dedupe = tokenizer, context_length, dedupe
+    def __init__(self, tokenizer, context_length: int, dedupe: bool, skips):
+        self.tokenizer, self.context_length, self.dedupe, self.skips = tokenizer, context_length, dedupe, skips
 
     def __call__(self, samples):
         images = torch.stack([image for image, _ in samples])  # [b, 3, R, R]
         captions = [caption for _, caption in samples]
         tokens = self.tokenizer(captions, context_length=self.context_length, truncate=True)  # [b, L]
-        return images, tokens, _caption_ids(captions) if self.dedupe else None
+        return images, tokens, _caption_ids(captions) if self.dedupe else None, self.skips.take()
 
 
 class _LoaderBatches:
@@ -810,22 +832,28 @@ class _LoaderBatches:
 
     Not random access: batch `step` is found by reading the stream from its start (each epoch's order
     is fixed by the seed), so a resumed run fast-forwards over the batches it has already seen.
+
+    Broken samples are skipped and counted: each batch brings the skips that came before it (in
+    whichever worker), and at the end of an epoch the shared counts add those after the last batch and
+    one warning reports the epoch. `skips` holds the totals by reason, in samples (shards apart).
     """
 
     def __init__(self, config: TrainConfig, tokenizer, info: DistInfo, device: torch.device, context_length: int, image_size: int):
         from torch.utils.data import DataLoader
 
-        from .data import CsvImageText, WebDatasetImageText, clip_transform
+        from .data import CsvImageText, SkipCounter, WebDatasetImageText, clip_transform
 
         transform = clip_transform(image_size, train=True)
+        self.skip_counter = SkipCounter(Path(config.train_data).name, warn_each_epoch=False)  # this class warns
         if config.data == "csv":
             self.dataset = CsvImageText(
-                config.train_data, transform=transform, rank=info.rank, world_size=info.world_size, shuffle=True, seed=config.seed
+                config.train_data, transform=transform, rank=info.rank, world_size=info.world_size, shuffle=True,
+                seed=config.seed, skips=self.skip_counter,
             )
         else:
             self.dataset = WebDatasetImageText(
                 config.train_data, transform=transform, rank=info.rank, world_size=info.world_size,
-                shuffle_shards=True, seed=config.seed,
+                shuffle_shards=True, seed=config.seed, skips=self.skip_counter,
             )
         self.local_batch = config.batch_size // info.world_size
         self.loader = DataLoader(
@@ -833,11 +861,36 @@ class _LoaderBatches:
             batch_size=self.local_batch,
             num_workers=config.data_workers,
             drop_last=True,  # every rank must pass the same batch size to the loss
-            collate_fn=_Collate(tokenizer, context_length, config.dedupe_captions and config.loss == "clip"),
+            collate_fn=_Collate(tokenizer, context_length, config.dedupe_captions and config.loss == "clip", self.skip_counter),
             pin_memory=device.type == "cuda",
         )
         self.device, self.source, self.seed = device, config.train_data, config.seed
         self.epoch, self.iterator, self.position, self.in_epoch = 0, None, 0, 0
+        self.skips: dict[str, int] = {}  # skipped samples (and damaged shards) by reason, this run so far
+        self.epoch_skips: dict[str, int] = {}  # ... of this epoch, as the batches brought them
+        self.epoch_examples: list = []
+        self.replaying = False  # a resumed run's fast-forward: its epochs were reported by the first run
+
+    def _count(self, counts: dict[str, int]) -> None:
+        for reason, n in counts.items():
+            self.skips[reason] = self.skips.get(reason, 0) + n
+            self.epoch_skips[reason] = self.epoch_skips.get(reason, 0) + n
+
+    def _end_epoch(self) -> None:
+        """Count the skips after the epoch's last batch (the workers are done: the shared counts are whole)."""
+        counter = self.skip_counter
+        self._count({r: n - self.epoch_skips.get(r, 0) for r, n in counter.counts.items() if n > self.epoch_skips.get(r, 0)})
+        if not self.replaying:
+            counter.warn(f"epoch {self.epoch} of ", self.epoch_examples)
+        counter.reset()
+        self.epoch_skips, self.epoch_examples = {}, []
+
+    def skip_totals(self) -> dict[str, int]:
+        shards = self.skip_counter.SHARD_REASONS
+        return {
+            "skipped_samples": sum(n for r, n in self.skips.items() if r not in shards),
+            "damaged_shards": sum(n for r, n in self.skips.items() if r in shards),
+        }
 
     def _next(self):
         while True:
@@ -847,22 +900,28 @@ class _LoaderBatches:
                 self.loader.generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
                 self.iterator, self.in_epoch = iter(self.loader), 0
             try:
-                batch = next(self.iterator)
+                *batch, skipped = next(self.iterator)
                 self.in_epoch += 1
+                self._count(skipped["counts"])
+                self.epoch_examples += skipped["examples"][: max(0, 3 - len(self.epoch_examples))]
                 return batch
             except StopIteration:
                 if self.in_epoch == 0:
                     raise ValueError(
-                        f"{self.source} gave no complete batch of {self.local_batch} usable samples on this rank"
+                        f"{self.source} gave no complete batch of {self.local_batch} usable samples on this rank "
+                        f"({self.skip_counter.report()})"
                     ) from None
+                self._end_epoch()
                 self.epoch, self.iterator = self.epoch + 1, None
 
     def get(self, step: int):
         if self.position < step:  # resume: skip what the first run already trained on, leaving the
+            self.replaying = True
             with torch.random.fork_rng(devices=[]):  # restored RNG as the checkpoint had it
                 while self.position < step:
                     self._next()
                     self.position += 1
+            self.replaying = False
         images, tokens, ids = self._next()
         self.position += 1
         nb = self.device.type == "cuda"
@@ -951,6 +1010,109 @@ class TrainResult:
 
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+
+
+class TrainSetupError(ValueError):
+    """The run cannot start as configured: out_dir is unusable or holds another run, or `resume` does not fit.
+
+    Raised before any training, with one line that says what to do.
+    """
+
+
+# Fields that change where and how a run reports, never the weights or metrics it produces.
+REPORTING_FIELDS = ("out_dir", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "overwrite")
+# A resumed run may change these too: how often it evaluates, how it meets a failure, its CPU threads. Its
+# device and world size are compared as they ran (resolved), from the checkpoint.
+RESUME_MAY_CHANGE = REPORTING_FIELDS + ("eval_every", "on_nonfinite", "max_nonfinite_steps", "threads", "device")
+
+
+def result_fields(config: TrainConfig) -> dict:
+    """`config`'s values that decide a run's weights and metrics, canonical (one model or world spelled two
+    ways is one value). The cache keys trained models by them; a resumed run must match them."""
+    values = config.to_dict()
+    for name in REPORTING_FIELDS:
+        del values[name]
+    values["model_overrides"] = config.clip_config().to_dict()
+    if config.data == "world":
+        values["world"] = config.world_config().to_dict()
+        del values["data_workers"]  # threads preparing a random-access world's batches change nothing
+    return values  # (real data: the DataLoader's workers split the samples, so their number changes the batches)
+
+
+def _check_same_run(saved: Any, config: TrainConfig, where: str, ran: dict | None = None, runs: dict | None = None) -> None:
+    """Refuse to continue `where` (a checkpoint or a run folder) unless it was trained with `config`'s result
+    fields, and (`ran` vs `runs`) on the same kind of device and number of ranks."""
+    fix = "resume with the same values, train into a new out_dir, or replace that run with overwrite=True"
+    if not isinstance(saved, dict):
+        raise TrainSetupError(f"{where} records no training configuration, so it cannot be continued safely: {fix}")
+    try:
+        before = result_fields(TrainConfig.from_dict(saved, source=where))
+    except (TypeError, ValueError) as err:
+        raise TrainSetupError(f"{where} holds a configuration this clipmini cannot read ({err}): {fix}") from None
+    now = result_fields(config)
+    differ = [k for k in now if k not in RESUME_MAY_CHANGE and before.get(k) != now[k]]
+    old = [f"{k}={saved.get(k)!r}" for k in differ]  # as written, not canonical
+    new = [f"{k}={getattr(config, k)!r}" for k in differ]
+    for key in ("device", "world_size"):  # how it ran: recorded in checkpoints since these were
+        if ran and runs and key in ran and ran[key] != runs[key]:
+            old.append(f"{key}={ran[key]!r}")
+            new.append(f"{key}={runs[key]!r}")
+    if old:
+        raise TrainSetupError(
+            f"{where} was trained with {', '.join(old)}; this run has {', '.join(new)}. "
+            f"These change the result: {fix}"
+        )
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """`out_dir` is a folder (made if needed) that this process can write in; else one line that says so."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainSetupError(f"out_dir {out_dir} is a file, not a folder: name a folder for the run's checkpoints and log")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise TrainSetupError(f"out_dir {out_dir} cannot be written ({err.strerror or err}): choose another out_dir") from None
+
+
+def _run_in(out_dir: Path) -> list[str]:
+    """What a run already in `out_dir` would lose: its complete checkpoints and a non-empty log."""
+    found = [p.name for p in list_checkpoints(out_dir, verify=False)]
+    log = out_dir / METRICS_FILE
+    if log.is_file() and log.stat().st_size > 0:
+        found.append(METRICS_FILE)
+    return found
+
+
+def _continues(config: TrainConfig, out_dir: Path) -> bool:
+    """Whether this run continues the run in `out_dir` (resume=True, or a checkpoint or the folder itself)."""
+    if config.resume is True:
+        return True
+    if config.resume is False:
+        return False
+    path = Path(config.resume).resolve()
+    return out_dir.resolve() in (path, path.parent)
+
+
+def _claim_out_dir(config: TrainConfig, out_dir: Path) -> None:
+    """Before any work: `out_dir` must be writable, and another run's files in it are never overwritten by
+    accident (a fresh run refuses; overwrite=True deletes them first)."""
+    _check_out_dir(out_dir)
+    if config.overwrite:
+        delete_checkpoints(out_dir)
+        for name in (METRICS_FILE, CONFIG_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        return
+    found = _run_in(out_dir)
+    if found and not _continues(config, out_dir):
+        shown = ", ".join(found) if len(found) <= 3 else f"{found[0]}, ..., {', '.join(found[-2:])}"
+        raise TrainSetupError(
+            f"out_dir {out_dir} already holds a run ({shown}); continue it with resume=True (--resume true), "
+            "train into a new out_dir, or replace it with overwrite=True (--overwrite)"
+        )
 
 
 def _read_history(path: Path, up_to_step: int) -> list[dict]:
@@ -967,6 +1129,14 @@ def _read_history(path: Path, up_to_step: int) -> list[dict]:
     return history
 
 
+def _read_json(path: Path) -> Any:
+    """The JSON in `path`, or None where it is missing or torn."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _resume_path(config: TrainConfig, out_dir: Path | None, info: DistInfo) -> Path | None:
     """The checkpoint to resume from. Only rank 0 deletes incomplete folders; the others wait, then look."""
     if config.resume is False:
@@ -976,7 +1146,7 @@ def _resume_path(config: TrainConfig, out_dir: Path | None, info: DistInfo) -> P
         if path.is_dir() and not (path / "MANIFEST.json").exists():  # a run folder: its latest checkpoint
             found = latest_checkpoint(path, cleanup=False)  # another run's folder: ignore incomplete ones, delete nothing
             if found is None:
-                raise FileNotFoundError(f"resume={config.resume!r}: no complete checkpoint in {path}")
+                raise TrainSetupError(f"resume={config.resume!r}: no complete checkpoint in {path}")
             return found
         return path
     if out_dir is None:
@@ -986,16 +1156,6 @@ def _resume_path(config: TrainConfig, out_dir: Path | None, info: DistInfo) -> P
     if info.world_size > 1:
         dist.barrier()  # no rank reads the folder while rank 0 is cleaning it
     return latest_checkpoint(out_dir, cleanup=False)
-
-
-def _check_resumable(checkpoint: Checkpoint, config: TrainConfig) -> None:
-    saved = checkpoint.config or {}
-    for key in ("model", "model_overrides", "loss", "tokenizer"):
-        if key in saved and saved[key] != getattr(config, key):
-            raise ValueError(
-                f"checkpoint {checkpoint.path} was trained with {key}={saved[key]!r}; this run has "
-                f"{key}={getattr(config, key)!r}. Resume with the same architecture, or start a new out_dir"
-            )
 
 
 def train(config: TrainConfig | dict) -> TrainResult:
@@ -1022,14 +1182,25 @@ class _Run:
         from .temperature import SigLIPHead, fix_temperature
 
         self.config, self.info, self.device = config, info, device
+        self.out_dir = Path(config.out_dir) if config.out_dir is not None else None
+        self.writes = info.is_main and self.out_dir is not None  # rank 0 logs and checkpoints
+        if self.writes:
+            _claim_out_dir(config, self.out_dir)
+        self.ran_as = {"device": device.type, "world_size": info.world_size}  # checked when a run resumes
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
-        self.out_dir = Path(config.out_dir) if config.out_dir is not None else None
-        self.writes = info.is_main and self.out_dir is not None  # rank 0 logs and checkpoints
         clip_config = config.clip_config()
         self.world = make_world(config) if config.data == "world" else None
         resume_from = _resume_path(config, self.out_dir, info)
+        if resume_from is not None:  # checked before any work: every file verified, the configuration compared
+            try:
+                resumed = load_checkpoint(resume_from, restore_rng=False)
+            except CheckpointError as err:
+                raise TrainSetupError(f"resume={config.resume!r}: {err}") from None
+            _check_same_run(resumed.config, config, f"checkpoint {resume_from}", resumed.extra, self.ran_as)
+        elif self.writes and config.resume is True and _run_in(self.out_dir):  # a log, but no complete checkpoint
+            _check_same_run(_read_json(self.out_dir / CONFIG_FILE), config, f"the run in out_dir {self.out_dir}")
         if resume_from is not None and (Path(resume_from) / TOKENIZER_FILE).is_file():
             from .tokenizer import Tokenizer
 
@@ -1051,13 +1222,12 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.extra_modules = {"siglip_head": self.siglip_head} if self.siglip_head is not None else None
 
-        self.start_step, self.skipped, self.history = 0, 0, []
+        self.start_step, self.skipped, self.skipped_in_a_row, self.history = 0, 0, 0, []
         if resume_from is not None:
             self._resume(resume_from)
         if self.writes:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             clean_incomplete(self.out_dir)  # leftovers of a killed writer
-            atomic_write_json(self.out_dir / "config.json", config.to_dict())
+            atomic_write_json(self.out_dir / CONFIG_FILE, config.to_dict())
             # the log holds exactly the steps up to where this run starts (a killed run may have logged more)
             atomic_write_text(self.out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.history))
         self.last_checkpoint = latest_checkpoint(self.out_dir, cleanup=False) if self.writes else None
@@ -1071,17 +1241,18 @@ class _Run:
             self.batches = _LoaderBatches(config, self.tokenizer, info, device, context_length, clip_config.vision.image_size)
 
     def _resume(self, path: Path) -> None:
-        checkpoint = load_checkpoint(path, restore_rng=False)  # verify every file, read the run state
-        _check_resumable(checkpoint, self.config)
-        if checkpoint.step > self.config.steps:
-            raise ValueError(f"checkpoint {path} is at step {checkpoint.step}, beyond this run's steps={self.config.steps}")
         checkpoint = load_checkpoint(
             path, model=self.model, optimizer=self.optimizer, scaler=self.scaler, modules=self.extra_modules, verify=False
-        )
+        )  # verified (and its configuration checked) in __init__
         self.start_step = checkpoint.step
         self.skipped = int(checkpoint.extra.get("nonfinite_skips", 0))
+        self.skipped_in_a_row = int(checkpoint.extra.get("nonfinite_in_a_row", 0))
         if self.out_dir is not None:
             self.history = _read_history(self.out_dir / METRICS_FILE, self.start_step)
+
+    def _stopped(self, message: str) -> FloatingPointError:
+        kept = f"; the last complete checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else ""
+        return FloatingPointError(f"{message}{kept}")
 
     def record(self, entry: dict) -> None:
         self.history.append(entry)
@@ -1100,10 +1271,22 @@ class _Run:
                 schedule=self.schedule.state_dict(),
                 config=self.config.to_dict(),
                 tokenizer=self.tokenizer,
-                extra={"nonfinite_skips": self.skipped},
+                extra={"nonfinite_skips": self.skipped, "nonfinite_in_a_row": self.skipped_in_a_row, **self.ran_as},
                 keep=self.config.keep_checkpoints,
                 modules=self.extra_modules,
             )
+
+    def data_skips(self) -> dict[str, int]:
+        """Real data: broken samples skipped (and damaged shards) so far, all ranks together; the world has none.
+        Every rank must call it at the same points."""
+        if not isinstance(self.batches, _LoaderBatches):
+            return {}
+        totals = self.batches.skip_totals()
+        if self.info.world_size > 1:  # every rank logs at the same steps: a collective is safe here
+            summed = torch.tensor(list(totals.values()), dtype=torch.int64, device=self.device)
+            dist.all_reduce(summed)
+            totals = dict(zip(totals, summed.tolist()))
+        return totals
 
     def tau(self) -> float:
         scale = self.siglip_head.logit_scale if self.siglip_head is not None else self.model.logit_scale
@@ -1119,6 +1302,7 @@ class _Run:
         )
         self.log = open(self.out_dir / METRICS_FILE, "a") if self.writes else None
         window_losses: list[float] = []
+        data_skips: dict[str, int] = {}
         window_start, window_steps = time.perf_counter(), 0
         busy, last_loss = 0.0, math.nan  # seconds spent training (not evaluating or saving)
         self.model.validate_inputs = True  # check the first batch's values; later ones skip those host syncs
@@ -1132,10 +1316,10 @@ class _Run:
                         step=step, schedule=self.schedule, scaler=self.scaler, caption_ids=ids,
                     )
                 except FloatingPointError as err:
-                    kept = f"; the last complete checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else ""
-                    raise FloatingPointError(f"{err}{kept}") from None
+                    raise self._stopped(str(err)) from None
                 self.model.validate_inputs = False
                 done, window_steps = step + 1, window_steps + 1
+                self.skipped_in_a_row = self.skipped_in_a_row + 1 if out.skipped else 0
                 if out.skipped:
                     self.skipped += 1
                 else:
@@ -1143,7 +1327,10 @@ class _Run:
                     last_loss = out.loss
                 bar.update(1)
 
-                if done % config.log_every == 0 or done == config.steps or out.skipped:
+                periodic = done % config.log_every == 0 or done == config.steps  # the same steps on every rank
+                if periodic:
+                    data_skips = self.data_skips()  # (a collective under DDP: never on a rank's own condition)
+                if periodic or out.skipped:
                     seconds = time.perf_counter() - window_start
                     busy += seconds
                     samples_per_s = window_steps * config.batch_size / max(seconds, 1e-9)
@@ -1157,13 +1344,25 @@ class _Run:
                         "samples_seen": done * config.batch_size,
                         "samples_per_s": round(samples_per_s, 1),
                         "nonfinite_skips": self.skipped,
+                        **data_skips,
                     }
                     if out.skipped:
                         entry["skipped"] = True
                     self.record(entry)
-                    bar.set_postfix(loss=entry["loss"], tau=f"{tau:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
+                    bar.set_postfix(
+                        loss=entry["loss"], tau=f"{tau:.4f}", samples_s=f"{samples_per_s:.0f}",
+                        **({"skipped_samples": entry["skipped_samples"]} if entry.get("skipped_samples") else {}), refresh=False,
+                    )
                     window_losses, window_steps = [], 0
                     window_start = time.perf_counter()
+                if config.max_nonfinite_steps and self.skipped_in_a_row >= config.max_nonfinite_steps:
+                    kind = "loss" if not math.isfinite(out.loss) else "gradient"
+                    raise self._stopped(
+                        f"{self.skipped_in_a_row} non-finite steps in a row, the last at step {step} (non-finite {kind}, "
+                        f"loss={out.loss}, grad_norm={out.grad_norm}): the run is diverging; likely cause: "
+                        f"{_nonfinite_cause(config, out.lr)}. Lower 'lr' or raise 'warmup_steps' "
+                        "('max_nonfinite_steps' sets how many in a row stop a run; 0 = never)"
+                    )
                 if done == config.steps:
                     break
                 if config.eval_every and done % config.eval_every == 0 and self.info.is_main:
@@ -1178,8 +1377,9 @@ class _Run:
             if ran > 0 or self.last_checkpoint is None:
                 self.save(config.steps)  # the final checkpoint, before the final evaluation
             evaluation = _evaluate(self.model, self.tokenizer, self.tasks)
-            if evaluation:
-                self.record({"step": config.steps, "eval": evaluation})
+            final = {"step": config.steps, "eval": evaluation}
+            if evaluation and final not in self.history:  # resuming a finished run: its final row is there
+                self.record(final)
         finally:
             bar.close()
             self.batches.close()
@@ -1191,6 +1391,7 @@ class _Run:
             "loss": last_loss if math.isfinite(last_loss) else None,  # the last step's
             "tau": self.tau(),
             "nonfinite_skips": self.skipped,
+            **self.data_skips(),
             "samples_seen": config.steps * config.batch_size,
             "steps_per_s": round(ran / busy, 3) if busy > 0 else None,  # this process's steps, without eval/saving
             "samples_per_s": round(ran * config.batch_size / busy, 1) if busy > 0 else None,
@@ -1317,7 +1518,11 @@ def main(argv: list[str] | None = None) -> int:
     if namespace.print_config:
         print(json.dumps(config.to_dict(), indent=2, sort_keys=True))
         return 0
-    result = train(config)
+    try:
+        result = train(config)
+    except (TrainSetupError, FloatingPointError) as err:  # no traceback: the message says what to do
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, TrainSetupError) else 1
     if is_main_process():
         print(json.dumps({k: v for k, v in result.metrics.items()}, sort_keys=True))
     return 0

@@ -108,3 +108,64 @@ def test_a_corrupt_entry_is_retrained_not_loaded(tmp_path, count_trainings):
     _same_weights(model, third)
     load_or_train(CONFIG, tmp_path)
     assert len(count_trainings) == 4  # repaired: a hit again
+
+
+def test_anything_else_in_an_entrys_place_is_replaced_once_not_retrained_forever(tmp_path, count_trainings):
+    entry = cache_entry(CONFIG, tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    entry.write_text("not a model")  # a plain file where the entry's folder belongs
+    with pytest.warns(UserWarning, match="damaged"):
+        model, _, _ = load_or_train(CONFIG, tmp_path)
+    assert entry.is_dir() and len(count_trainings) == 1
+    again, _, _ = load_or_train(CONFIG, tmp_path)
+    assert len(count_trainings) == 1  # repaired: a hit
+    _same_weights(model, again)
+    import shutil
+
+    shutil.rmtree(entry)
+    entry.symlink_to(tmp_path / "nowhere")  # a dangling link
+    with pytest.warns(UserWarning, match="damaged"):
+        load_or_train(CONFIG, tmp_path)
+    assert entry.is_dir() and not entry.is_symlink() and len(count_trainings) == 2
+
+
+def test_an_entry_that_cannot_be_removed_is_reported(tmp_path, monkeypatch):
+    entry = cache_entry(CONFIG, tmp_path)
+    entry.mkdir(parents=True)  # an empty folder: no manifest, unusable
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache.shutil, "rmtree", refuse)
+    with pytest.warns(UserWarning, match="damaged"), pytest.raises(
+        OSError, match=r"cannot be used and cannot be removed .*Permission denied.*delete it by hand, or set CLIPMINI_CACHE"
+    ):
+        load_or_train(CONFIG, tmp_path)
+
+
+def test_work_folders_of_killed_writers_are_cleaned(tmp_path, count_trainings):
+    import os
+    import subprocess
+    import sys
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # its pid no longer runs, as after a SIGKILL mid-store
+    name = cache_entry(CONFIG, tmp_path).name
+    stale = tmp_path / f".{name}.tmp-{finished.pid}-0123abcd"
+    live = tmp_path / f".{name}.tmp-{os.getpid()}-89abcdef"  # a writer that still runs: this process
+    for work in (stale, live):
+        (work / "ckpt-000003").mkdir(parents=True)
+        (work / "ckpt-000003" / "model.safetensors").write_bytes(b"half")
+    load_or_train(CONFIG, tmp_path)
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, live.name])
+
+
+def test_data_workers_are_in_the_key_only_where_they_change_the_batches(tmp_path):
+    assert cache_key(dataclasses.replace(CONFIG, data_workers=3)) == cache_key(CONFIG)  # the world: threads prefetch
+    (tmp_path / "pairs.csv").write_text("filepath,title\n")
+    real = TrainConfig(**{**CONFIG.to_dict(), "data": "csv", "train_data": str(tmp_path / "pairs.csv"), "tokenizer": "openai",
+                          "model_overrides": {"text": {"vocab_size": 49408, "context_length": 77}}, "eval_tasks": []})
+    # a DataLoader's workers split the samples among them: another number of workers, other batches
+    assert cache_key(dataclasses.replace(real, data_workers=3)) != cache_key(real)
+    assert cache_key(dataclasses.replace(real, overwrite=True, out_dir="x", log_every=7)) == cache_key(real)

@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -235,51 +234,92 @@ def test_resume_refuses_another_architecture(tmp_path):
         train(TrainConfig(**other, steps=2, out_dir=str(out), resume=True))
 
 
-def _train_in_child(config: TrainConfig) -> None:
+def _train_in_child(config: TrainConfig, point: str, report) -> None:
+    from kill_points import stop_at
+
+    stop_at(point, lambda: report.send(point))  # in this forked child only
     train(config)
+    report.send("finished")
     os._exit(0)
 
 
-def test_sigkill_at_random_moments_never_corrupts_and_resume_matches(tmp_path):
-    """Kill a training process (SIGKILL) at random moments, three times; resume each time.
+# Where each attempt is killed: mid-step, inside a checkpoint's weights, and with a checkpoint whole but
+# for its manifest's rename. Each attempt resumes from what the previous kill left.
+KILLS = [("step:3", "ckpt-000003"), ("write:6:optimizer.safetensors", "ckpt-000005"), ("write:8:MANIFEST.json", "ckpt-000007")]
 
-    The processes are forked from this one (no second torch import: the test stays fast); each runs
-    the real `train` with resume=True and checkpoints after every step, so kills land mid-step and
-    mid-write alike.
+
+def test_sigkill_at_chosen_moments_never_corrupts_and_resume_matches(tmp_path):
+    """SIGKILL a training process mid-step and mid-write, three times; resume each time.
+
+    The processes are forked from this one (no second torch import: the test stays fast); each runs the
+    real `train` with resume=True and checkpoints after every step. A kill point (tests/kill_points.py)
+    stops the child at a chosen moment and tells the test, which kills it there: the same three kills on
+    any machine, however fast.
     """
     steps = 10
     out = tmp_path / "killed"
     config = TrainConfig(**RUN, steps=steps, out_dir=str(out), checkpoint_every=1, keep_checkpoints=2, resume=True)
     train(TrainConfig(**RUN, steps=1, out_dir=str(tmp_path / "warm")))  # the BPE is trained once, before forking
-    rng = random.Random(1234)  # "random" moments, the same ones on every run of the test
     fork = multiprocessing.get_context("fork")
 
-    def newest_step() -> int:  # folder names only: a ckpt-* folder is renamed into place when complete
-        return max((int(p.name.split("-")[1]) for p in out.glob("ckpt-*")), default=0)
-
-    kills = 0
-    for _ in range(3):
-        before = newest_step()
-        child = fork.Process(target=_train_in_child, args=(config,))
+    for point, survivor in KILLS:
+        reader, writer = fork.Pipe(duplex=False)
+        child = fork.Process(target=_train_in_child, args=(config, point, writer))
         child.start()
-        deadline = time.monotonic() + 60
-        while newest_step() <= before and child.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.3))  # somewhere in the next step, or in the middle of a write
-        if child.is_alive():
-            os.kill(child.pid, signal.SIGKILL)
-            kills += 1
+        writer.close()  # the child holds the only writer: if it dies unannounced, recv() ends with EOFError
+        assert reader.recv() == point  # the child waits at the point ...
+        os.kill(child.pid, signal.SIGKILL)  # ... and dies there
         child.join()
-        latest = latest_checkpoint(out)
-        assert latest is not None and child.exitcode in (0, -signal.SIGKILL)
-        ckpt = load_checkpoint(latest, restore_rng=False)  # verifies every file's sha256
-        assert before <= ckpt.step <= steps
-    assert kills >= 2
+        assert child.exitcode == -signal.SIGKILL
+        latest = latest_checkpoint(out)  # the newest folder whose manifest checks out
+        assert latest == out / survivor
+        load_checkpoint(latest, restore_rng=False)  # verifies every file's sha256
+        if point.startswith("write"):  # the interrupted write: a hidden folder, never a ckpt-* one
+            step, name = point.split(":")[1:]
+            partial = out / f".{checkpoint_name(int(step))}.partial"
+            assert not (out / checkpoint_name(int(step))).exists() and partial.is_dir()
+            assert list(partial.glob(f".{name}.*.tmp")), sorted(p.name for p in partial.iterdir())
 
     resumed = train(config)  # continue from whatever the last kill left
+    assert not list(out.glob(".ckpt-*"))  # the interrupted writes are cleaned away
     reference = train(TrainConfig(**RUN, steps=steps, out_dir=str(tmp_path / "reference")))
     _assert_same_run(reference.checkpoint, resumed.checkpoint)
     for (name, p), q in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(p, q), name
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, steps + 1))  # no step logged twice across the kills
+
+
+def test_every_trained_model_file_carries_its_config(tmp_path):
+    """clipmini.load rebuilds a trained model from its model.safetensors alone: inferred from shapes, a
+    text tower of 2 heads of width 32 would be read as 1 head of 64 and give other features."""
+    import clipmini
+    from clipmini.checkpoint import MODEL_FILE
+
+    result = train(TrainConfig(**RUN, steps=1, out_dir=str(tmp_path / "run")))
+    trained = result.model
+    assert trained.config.text.heads == 2 and trained.config.text.head_width == 32
+    save_weights(tmp_path / "weights.safetensors", trained)
+    tokens = torch.zeros(3, 32, dtype=torch.long)
+    tokens[:, :5] = torch.tensor([1022, 7, 8, 9, 1023])
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for path in (result.checkpoint / MODEL_FILE, tmp_path / "weights.safetensors"):
+        loaded = clipmini.load(path)
+        assert loaded.config == trained.config, path
+        with torch.no_grad():
+            assert torch.equal(loaded.encode_text(tokens), trained.encode_text(tokens)), path
+            assert torch.equal(loaded.encode_image(images), trained.encode_image(images)), path
+
+
+def test_rotation_never_deletes_the_checkpoint_just_written(tmp_path):
+    model, optimizer = _toy_state()
+    for step in (7, 9):  # later steps already in the folder (a run resumed from an earlier checkpoint)
+        save_checkpoint(tmp_path, step, model=model, optimizer=optimizer)
+    for step in (1, 2, 3):
+        written = save_checkpoint(tmp_path, step, model=model, optimizer=optimizer, keep=1)
+        assert written.is_dir() and verify_checkpoint(written)["step"] == step
+    # the older ones of this step's line were rotated away; the later folders were left alone
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-000003", "ckpt-000007", "ckpt-000009"]
+    with pytest.raises(ValueError, match="keep must be an int >= 1 or None; got 0"):
+        save_checkpoint(tmp_path, 4, model=model, keep=0)
+    assert not (tmp_path / "ckpt-000004").exists()  # refused before writing anything

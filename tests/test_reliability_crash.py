@@ -1,10 +1,12 @@
 """Crashes and numerical faults never cost more than the steps since the last complete checkpoint.
 
-1. The real command line, `python -m clipmini.train`, SIGKILLed three times at seeded random moments (one
-   kill timed inside a checkpoint write): after every kill the newest complete checkpoint verifies and
-   loads, and resuming ends with the weights, optimizer state and per-step losses of an uninterrupted run,
-   bit for bit. (tests/test_checkpoint.py kills forked copies of the test process; this one kills what a
-   user runs.)
+1. The real command line, `python -m clipmini.train`, SIGKILLed three times at chosen moments: mid-step,
+   inside a checkpoint's weights file, and inside its state file. A kill point (tests/kill_points.py,
+   installed by a two-line wrapper around `clipmini.train.main`) stops the trainer there and says so
+   through a pipe; the test kills it at once, so the kills land where they should on any machine, fast
+   or slow. After every kill the newest complete checkpoint verifies and loads, and resuming ends with
+   the weights, optimizer state and per-step losses of an uninterrupted run, bit for bit.
+   (tests/test_checkpoint.py kills forked copies of the test process; this one kills what a user runs.)
 2. A run stopped by a non-finite loss or gradient at step k, after a checkpoint at step j < k, names the
    step and the likely cause, and leaves ckpt j intact: it verifies, loads, equals the uninterrupted run's
    ckpt j, and resuming from it reaches the uninterrupted run's final weights. (tests/test_train.py
@@ -16,11 +18,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -55,96 +55,71 @@ def _losses(records) -> list[tuple]:
 # ------------------------------------------------------------------------------------------------
 # 1. SIGKILL the command line
 
-STEPS = 20  # an attempt gains a step or a few before its kill: three kills land well before the end
+STEPS = 12
 CLI = ["--model_overrides", "{vision: {layers: 1}, text: {layers: 1}}", "--batch_size", "8", "--warmup_steps", "2",
        "--eval_tasks", "--no-progress", "--log_every", "1", "--threads", "1", "--steps", str(STEPS),
        "--checkpoint_every", "1", "--keep_checkpoints", "2", "--resume", "true"]
+TESTS = Path(__file__).resolve().parent
+
+# `python -m clipmini.train ARGS`, with a kill point installed first (CLIPMINI_KILL_POINT; it reports
+# through the file descriptor CLIPMINI_REPORT_FD)
+WRAPPER = f"""
+import os, sys
+sys.path.insert(0, {str(TESTS)!r})
+from kill_points import stop_at
+from clipmini.train import main
+
+stop_at(os.environ["CLIPMINI_KILL_POINT"], lambda: os.write(int(os.environ["CLIPMINI_REPORT_FD"]), b"stopped\\n"))
+sys.exit(main(sys.argv[1:]))
+"""
+
+# (kill point, the newest complete checkpoint it leaves). Each attempt resumes from the previous one's.
+KILLS = [("step:4", 4), (f"write:7:{MODEL_FILE}", 6), ("write:10:state.json", 9)]
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def _env(**extra: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env
 
 
-class Trainer:
-    """`python -m clipmini.train` in a subprocess, watched through its out_dir."""
-
-    def __init__(self, out: Path, log: Path):
-        self.out, self.log = out, log
-        with open(log, "w") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "clipmini.train", *CLI, "--out_dir", str(out)],
-                cwd=out.parent, env=_env(), stdout=handle, stderr=subprocess.STDOUT,
-            )
-
-    def newest_step(self) -> int:  # folder names only: ckpt-* is renamed into place when complete
-        return max((int(p.name.split("-")[1]) for p in self.out.glob("ckpt-*")), default=0)
-
-    def partial(self) -> Path | None:
-        return next(iter(self.out.glob(".ckpt-*.partial")), None)
-
-    def wait_for(self, condition, what: str, timeout: float = 120.0, poll: float = 0.001):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = condition()
-            if found:
-                return found
-            if self.process.poll() is not None:
-                raise AssertionError(f"the trainer exited ({self.process.returncode}) before {what}:\n{self.log.read_text()[-3000:]}")
-            time.sleep(poll)
-        self.kill()
-        raise AssertionError(f"no {what} within {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+def _killed_at(point: str, out: Path, log: Path) -> int:
+    """Run the command line until it stops at `point`, SIGKILL it there; its exit status."""
+    reader, writer = os.pipe()
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-c", WRAPPER, *CLI, "--out_dir", str(out)], cwd=out.parent, stdout=handle,
+            stderr=subprocess.STDOUT, pass_fds=(writer,),
+            env=_env(CLIPMINI_KILL_POINT=point, CLIPMINI_REPORT_FD=str(writer)),
+        )
+    os.close(writer)  # the trainer holds the only writer: if it exits unannounced, the read ends empty
+    with os.fdopen(reader, "rb") as pipe:
+        said = pipe.readline()
+    if said == b"stopped\n":
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert said == b"stopped\n", f"the trainer exited ({process.returncode}) before {point}:\n{log.read_text()[-3000:]}"
+    return process.returncode
 
 
 def test_sigkilled_command_line_resumes_to_the_uninterrupted_weights(tmp_path):
     out = tmp_path / "run"
-    rng = random.Random(20260601)  # the "random" moments: the same on every run of the test
-    plan = ["random moment", "inside a checkpoint write", "random moment"]
     config = TrainConfig(**TINY, steps=STEPS, out_dir=None)
-    landed_in_write, attempts, kills = 0, 0, []  # kills: (how, newest complete step after the kill)
-
-    for how in plan:
-        for _ in range(3):  # a write can finish between seeing it and the kill: then try again
-            attempts += 1
-            before = max((int(p.name.split("-")[1]) for p in out.glob("ckpt-*")), default=0)
-            trainer = Trainer(out, tmp_path / f"attempt-{attempts}.log")
-            trainer.wait_for(lambda: trainer.newest_step() > before, "a new checkpoint")  # the attempt makes progress
-            if how == "random moment":
-                time.sleep(rng.uniform(0.0, 0.1))  # mid-step or mid-write, wherever it falls
-                trainer.kill()
-                break
-            phase = rng.choice([MODEL_FILE, OPTIMIZER_FILE, "state.json"])  # how far the write has got
-
-            def writing():
-                partial = trainer.partial()
-                return partial if partial is not None and (partial / phase).exists() else None
-
-            partial = trainer.wait_for(writing, f"a checkpoint write with {phase} in it")
-            trainer.kill()
-            if partial.exists():  # killed with the folder still unfinished: inside the write
-                landed_in_write += 1
-                assert partial.name == f".{checkpoint_name(trainer.newest_step() + 1)}.partial"
-                break
-        assert trainer.process.returncode == -signal.SIGKILL, trainer.log.read_text()[-3000:]
+    for attempt, (point, survivor) in enumerate(KILLS):
+        assert _killed_at(point, out, tmp_path / f"attempt-{attempt}.log") == -signal.SIGKILL
 
         latest = latest_checkpoint(out)  # the newest folder whose manifest checks out
-        assert latest is not None and latest.name == checkpoint_name(trainer.newest_step())
+        assert latest == out / checkpoint_name(survivor)
         model = make_model(config)
         optimizer = make_optimizer(ContrastiveModel(model), config)
-        ckpt = load_checkpoint(latest, model=model, optimizer=optimizer, restore_rng=False)  # verifies every sha256
-        assert before < ckpt.step < STEPS
-        kills.append((how, ckpt.step))
-    assert landed_in_write == 1, kills
+        load_checkpoint(latest, model=model, optimizer=optimizer, restore_rng=False)  # verifies every sha256
+        if point.startswith("write"):  # killed inside the write: its hidden folder is left unfinished
+            partial = out / f".{checkpoint_name(survivor + 1)}.partial"
+            assert partial.is_dir() and not (partial / "MANIFEST.json").exists()
 
     finish = subprocess.run([sys.executable, "-m", "clipmini.train", *CLI, "--out_dir", str(out)], cwd=tmp_path,
-                            env=_env(), capture_output=True, text=True, timeout=300)
+                            env=_env(), capture_output=True, text=True)
     assert finish.returncode == 0, finish.stderr[-3000:]
     assert not list(out.glob(".ckpt-*")), "the resumed run cleans the interrupted writes away"
 

@@ -357,6 +357,206 @@ def test_trains_on_a_csv_and_resumes_exactly(tmp_path):
         assert torch.equal(p, q), name
 
 
+# ----------------------------------------------------------------------------------------------
+# run folders: a run never overwrites another, a resume continues only the same run
+
+
+def _files(out) -> dict:
+    """Every file under `out` with its bytes: what a refused run must leave exactly as it was."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _log(out) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+FOLDER_RUN = dict(WORLD_RUN, steps=4, warmup_steps=1, checkpoint_every=2)
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_another_run(tmp_path):
+    out = tmp_path / "X"
+    first = train(TrainConfig(**FOLDER_RUN, out_dir=str(out)))
+    before = _files(out)
+    with pytest.raises(train_module.TrainSetupError, match=(
+        r"out_dir .*X already holds a run \(ckpt-000002, ckpt-000004, metrics\.jsonl\); continue it with "
+        r"resume=True \(--resume true\), train into a new out_dir, or replace it with overwrite=True \(--overwrite\)"
+    )):
+        train(TrainConfig(**dict(FOLDER_RUN, steps=2), out_dir=str(out)))
+    assert _files(out) == before  # not a byte changed: the first run's checkpoints and log are intact
+
+    # overwrite=True replaces it on purpose: the new run is a fresh one, equal to the same run in an empty folder
+    replaced = train(TrainConfig(**dict(FOLDER_RUN, steps=2), out_dir=str(out), overwrite=True))
+    alone = train(TrainConfig(**dict(FOLDER_RUN, steps=2), out_dir=str(tmp_path / "alone")))
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt-000002", "config.json", "metrics.jsonl"]
+    assert [r["step"] for r in _log(out)] == [1, 2]
+    for (name, p), q in zip(alone.model.state_dict().items(), replaced.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert not all(torch.equal(p, q) for p, q in zip(first.model.parameters(), replaced.model.parameters()))
+    with pytest.raises(ValueError, match=r"'overwrite' deletes the run in out_dir and 'resume' continues one"):
+        TrainConfig(**FOLDER_RUN, out_dir=str(out), overwrite=True, resume=True)
+
+
+def test_resume_refuses_another_configuration_naming_the_fields(tmp_path):
+    out = tmp_path / "X"
+    train(TrainConfig(**FOLDER_RUN, out_dir=str(out)))
+    before = _files(out)
+    for changes, named in [
+        ({"steps": 2}, r"ckpt-000004 was trained with steps=4; this run has steps=2\. These change the result"),
+        ({"lr": 2e-3, "seed": 1}, r"trained with lr=0\.001, seed=0; this run has lr=0\.002, seed=1"),
+        ({"world": {"seed": 5}}, r"trained with world=\{\}; this run has world=\{'seed': 5\}"),
+        ({"batch_size": 16}, r"batch_size=32; this run has batch_size=16"),
+    ]:
+        with pytest.raises(train_module.TrainSetupError, match=named + r".*new out_dir.*overwrite=True"):
+            train(TrainConfig(**(FOLDER_RUN | changes), out_dir=str(out), resume=True))
+    assert _files(out) == before
+    # what never changes the weights may change: logging, checkpointing, evaluation cadence, threads
+    same = dict(FOLDER_RUN, log_every=3, checkpoint_every=1, keep_checkpoints=4, eval_every=2, max_nonfinite_steps=5)
+    train(TrainConfig(**same, out_dir=str(out), resume=True))
+
+
+def test_resume_of_a_log_without_checkpoints_checks_its_config(tmp_path):
+    import shutil
+
+    out = tmp_path / "X"
+    train(TrainConfig(**FOLDER_RUN, out_dir=str(out)))
+    for ckpt in out.glob("ckpt-*"):  # as if killed before its first checkpoint: a log and config.json only
+        shutil.rmtree(ckpt)
+    with pytest.raises(train_module.TrainSetupError, match=r"the run in out_dir .*X was trained with lr=0\.001; this run has lr=0\.003"):
+        train(TrainConfig(**(FOLDER_RUN | {"lr": 3e-3}), out_dir=str(out), resume=True))
+    (out / "config.json").unlink()
+    with pytest.raises(train_module.TrainSetupError, match=r"records no training configuration"):
+        train(TrainConfig(**FOLDER_RUN, out_dir=str(out), resume=True))
+
+
+def test_the_final_evaluation_is_logged_once_however_often_a_finished_run_is_resumed(tmp_path):
+    out = tmp_path / "X"
+    config = TrainConfig(**dict(FOLDER_RUN, eval_tasks=["shape"], eval_n=20), out_dir=str(out), resume=True)
+    first = train(config)
+    for _ in range(2):
+        again = train(config)
+    evals = [r for r in _log(out) if "eval" in r]
+    assert evals == [{"step": 4, "eval": first.metrics["eval"]}] and again.metrics["eval"] == first.metrics["eval"]
+    assert [r["step"] for r in _log(out)] == [1, 2, 3, 4, 4]
+
+
+# ----------------------------------------------------------------------------------------------
+# failing loudly
+
+
+def test_a_run_of_nonfinite_steps_stops_training(tmp_path):
+    out = tmp_path / "X"
+    diverging = dict(WORLD_RUN, steps=6, warmup_steps=1, lr=1e30, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match=(
+        r"3 non-finite steps in a row, the last at step 3 .*likely cause: the learning rate is too high \(lr=6\.55e\+29\)"
+        r".*'max_nonfinite_steps'.*ckpt-000003 is intact"
+    )):
+        train(TrainConfig(**diverging, out_dir=str(out)))
+    assert [(r["step"], r.get("skipped", False)) for r in _log(out)] == [(1, False), (2, True), (3, True), (4, True)]
+    # 0 = never stop: the run ends, its skipped steps counted
+    result = train(TrainConfig(**diverging, out_dir=None, max_nonfinite_steps=0))
+    assert result.metrics["nonfinite_skips"] == 5
+    with pytest.raises(ValueError, match=r"'max_nonfinite_steps' must be >= 0 \(0 = never stop\), got -1"):
+        TrainConfig(max_nonfinite_steps=-1)
+
+
+def test_unusable_out_dirs_are_refused_before_any_work(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    built = []
+    monkeypatch.setattr(train_module, "make_model", lambda config: built.append(config))
+    (tmp_path / "a-file").write_text("not a folder")
+    readonly = tmp_path / "read-only"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    if os.access(readonly, os.W_OK):  # root ignores permission bits: a read-only file system instead
+        readonly = Path("/sys/clipmini-run")
+    cases = [
+        (tmp_path / "a-file", r"out_dir .*a-file is a file, not a folder"),
+        (tmp_path / "a-file" / "run", r"out_dir .*a-file/run cannot be written \(Not a directory\): choose another out_dir"),
+        (readonly / "run", r"out_dir .*run cannot be written \((Permission denied|Operation not permitted)\)"),
+    ]
+    for out_dir, message in cases:
+        with pytest.raises(train_module.TrainSetupError, match=message):
+            train(TrainConfig(**WORLD_RUN, steps=1, out_dir=str(out_dir)))
+    assert built == []  # refused before the model (or the tokenizer) was built
+
+
+# ----------------------------------------------------------------------------------------------
+# broken samples of real data: counted across DataLoader workers, logged, warned once an epoch
+
+REAL_RUN = dict(
+    model_overrides={"vision": {"layers": 1}, "text": {"layers": 1, "vocab_size": 49408, "context_length": 77}},
+    tokenizer="openai", batch_size=8, steps=5, warmup_steps=1, eval_tasks=[], progress=False, log_every=1, threads=1,
+)
+
+
+def _train_recording_skips(config: TrainConfig):
+    import warnings
+
+    from clipmini.data import SkippedSamplesWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(config)
+    return result, [str(w.message) for w in caught if issubclass(w.category, SkippedSamplesWarning)]
+
+
+def test_skipped_samples_are_counted_in_every_worker_logged_and_warned_each_epoch(tmp_path):
+    csv = _write_csv_dataset(tmp_path)  # 20 good rows: 2 batches of 8 an epoch
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with open(csv, "a") as f:
+        f.write("missing.png,a photo of nothing\nbroken.png,an undecodable image\n3.png,\n")
+    logs = {}
+    for workers in (0, 1, 2):
+        out = tmp_path / f"workers-{workers}"
+        config = TrainConfig(**REAL_RUN, data="csv", train_data=str(csv), data_workers=workers, out_dir=str(out))
+        result, warned = _train_recording_skips(config)
+        # 5 steps = epochs 0 and 1, and the first batch of epoch 2: one warning for each finished epoch
+        assert warned == [
+            f"epoch {epoch} of pairs.csv: skipped 3 of 23 samples (1 missing file, 1 undecodable image, 1 bad caption)"
+            + warned[epoch][warned[epoch].index("; e.g."):] for epoch in (0, 1)
+        ], warned
+        assert all("missing.png [missing_file]" in w or "broken.png [undecodable_image]" in w for w in warned)
+        logged = [r["skipped_samples"] for r in _log(out)]
+        assert logged == sorted(logged) and logged[-1] == result.metrics["skipped_samples"]
+        assert 3 <= logged[2] and 6 <= logged[-1] <= 9  # both finished epochs, and what epoch 2 skipped so far
+        assert result.metrics["damaged_shards"] == 0
+        logs[workers] = logged
+    assert logs[0] == logs[1]  # one worker process counts exactly what the loop itself counts, batch by batch
+
+
+def test_damaged_shards_are_counted_as_shards_in_the_log(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    def image(i):
+        buf = io.BytesIO()
+        Image.new("RGB", (36, 36), (20 * i, 100, 200)).save(buf, "PNG")
+        return buf.getvalue()
+
+    for shard, count in (("a", 12), ("b", 4)):
+        with tarfile.open(tmp_path / f"{shard}.tar", "w") as tar:
+            for i in range(count):
+                for ext, data in (("png", image(i)), ("txt", f"a square number {i}".encode())):
+                    info = tarfile.TarInfo(f"{shard}{i:03d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(tmp_path / "b.tar") as tar:
+        cut = tar.getmembers()[4].offset  # before sample 2: samples 0 and 1 are read, the rest of shard b is lost
+    (tmp_path / "b.tar").write_bytes((tmp_path / "b.tar").read_bytes()[:cut])
+    config = TrainConfig(**dict(REAL_RUN, steps=2), data="webdataset", train_data=str(tmp_path / "{a,b}.tar"),
+                         data_workers=1, out_dir=str(tmp_path / "run"))
+    result, warned = _train_recording_skips(config)
+    assert result.metrics["damaged_shards"] == 1 and result.metrics["skipped_samples"] == 0
+    assert warned and "1 damaged shard (1 truncated shard), whose samples from the damage on are lost" in warned[0]
+    assert "skipped" not in warned[0].split(":", 1)[1].split(";")[0]  # no shard counted as a sample
+
+
 def test_siglip_bias_starts_where_the_config_says(tmp_path):
     """siglip_init_bias reaches SigLIPHead; one step at a tiny lr leaves b near its start."""
     config = TrainConfig(**WORLD_RUN, steps=1, loss="siglip", siglip_init_bias=-math.log(15), lr=1e-6, out_dir=None)

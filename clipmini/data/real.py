@@ -7,7 +7,8 @@ tokenizer([t for _, t in b]))`.
 
 A web-scale dataset always has broken samples. A missing file, an image that does not decode, an empty
 caption or a truncated shard is skipped and counted in a `SkipCounter` (shared by all workers), and
-reported with a warning at the end of the epoch: it never crashes a run.
+reported with a warning at the end of the epoch: it never crashes a run. A damaged shard is counted as a
+shard, not as the unknown number of samples it lost.
 """
 
 from __future__ import annotations
@@ -78,41 +79,68 @@ class SkippedSamplesWarning(UserWarning):
 
 
 class SkipCounter:
-    """Counts of skipped samples by reason, shared by all DataLoader workers of one dataset.
+    """Counts of skipped samples (and damaged shards) by reason, shared by all DataLoader workers of one dataset.
 
     The counts live in shared memory created by the main process, so `report()` there sees what every
-    worker skipped. Each process also keeps its first few examples (key and error) for the message.
+    worker skipped. Each process also keeps its first few examples (key and error) for the message, and
+    what it skipped since its last `take()`: a collate function can hand that to the main process with
+    each batch, so a trainer knows which batch came after which skips.
     """
 
-    REASONS = ("missing_file", "undecodable_image", "bad_caption", "missing_image", "truncated_shard", "other")
+    REASONS = (
+        "missing_file", "undecodable_image", "bad_caption", "missing_image", "truncated_shard", "other",
+        "missing_shard", "broken_shard",
+    )
+    SHARD_REASONS = ("truncated_shard", "missing_shard", "broken_shard")  # once per shard: its lost samples are unknown
     MAX_EXAMPLES = 5
 
-    def __init__(self, name: str = "data"):
+    def __init__(self, name: str = "data", *, warn_each_epoch: bool = True):
         self.name = name
+        self.warn_each_epoch = warn_each_epoch  # False: the owner (e.g. the trainer) reports instead
         self._counts = multiprocessing.Array("q", len(self.REASONS) + 1)  # last slot: samples delivered
         self.examples: list[tuple[str, str, str]] = []  # (reason, key, error), this process only
+        self._since_take: tuple[dict[str, int], list] = ({}, [])  # this process only
 
     def skip(self, reason: str, key: str = "", error: BaseException | str | None = None) -> None:
         if reason not in self.REASONS:
             raise ValueError(f"unknown skip reason {reason!r}; choose from {self.REASONS}")
         with self._counts.get_lock():
             self._counts[self.REASONS.index(reason)] += 1
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"
+        example = (reason, str(key), "" if error is None else str(error))
         if len(self.examples) < self.MAX_EXAMPLES:
-            self.examples.append((reason, str(key), "" if error is None else f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)))
+            self.examples.append(example)
+        counts, examples = self._since_take
+        counts[reason] = counts.get(reason, 0) + 1
+        if len(examples) < self.MAX_EXAMPLES:
+            examples.append(example)
 
     def ok(self) -> None:
         with self._counts.get_lock():
             self._counts[len(self.REASONS)] += 1
 
+    def take(self) -> dict:
+        """What this process skipped since its last `take()`: `{"counts": {reason: n}, "examples": [...]}`."""
+        counts, examples = self._since_take
+        self._since_take = ({}, [])
+        return {"counts": counts, "examples": examples}
+
     @property
     def counts(self) -> dict[str, int]:
-        """Skipped samples per reason (reasons with zero included)."""
+        """Skipped samples (and damaged shards) per reason, reasons with zero included."""
         with self._counts.get_lock():
             return {r: int(self._counts[i]) for i, r in enumerate(self.REASONS)}
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        """Skipped samples (damaged shards are counted apart, in `shards`)."""
+        return sum(n for r, n in self.counts.items() if r not in self.SHARD_REASONS)
+
+    @property
+    def shards(self) -> int:
+        """Damaged shards: each lost the samples after its damage, however many there were."""
+        return sum(n for r, n in self.counts.items() if r in self.SHARD_REASONS)
 
     @property
     def delivered(self) -> int:
@@ -124,23 +152,41 @@ class SkipCounter:
             for i in range(len(self.REASONS) + 1):
                 self._counts[i] = 0
         self.examples.clear()
+        self._since_take = ({}, [])
 
-    def report(self) -> str:
-        """One line: how many samples were skipped, why, and a few examples."""
+    def report(self, examples: Sequence[tuple[str, str, str]] | None = None) -> str:
+        """One line: how many samples were skipped (and shards damaged), why, and a few examples."""
+        def why(part: dict[str, int]) -> str:
+            return ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in part.items())
+
         counts = {r: n for r, n in self.counts.items() if n}
-        seen = self.delivered + sum(counts.values())
+        samples = {r: n for r, n in counts.items() if r not in self.SHARD_REASONS}
+        shards = {r: n for r, n in counts.items() if r in self.SHARD_REASONS}
         if not counts:
             return f"{self.name}: no samples skipped ({self.delivered} delivered)"
-        parts = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in counts.items())
-        msg = f"{self.name}: skipped {sum(counts.values())} of {seen} samples ({parts})"
-        if self.examples:
-            msg += "; e.g. " + "; ".join(f"{k or '?'} [{r}] {e}".strip() for r, k, e in self.examples[:3])
+        parts = []
+        if samples:
+            parts.append(f"skipped {sum(samples.values())} of {self.delivered + sum(samples.values())} samples ({why(samples)})")
+        if shards:
+            n = sum(shards.values())
+            parts.append(f"{n} damaged shard{'s' * (n > 1)} ({why(shards)}), whose samples from the damage on are lost")
+            if not samples:
+                parts.append(f"{self.delivered} samples delivered")
+        msg = f"{self.name}: " + "; ".join(parts)
+        examples = self.examples if examples is None else examples
+        if examples:
+            msg += "; e.g. " + "; ".join(f"{k or '?'} [{r}] {e}".strip() for r, k, e in list(examples)[:3])
         return msg
 
-    def warn(self) -> None:
-        """Emit the report as a `SkippedSamplesWarning` if anything was skipped."""
-        if self.total:
-            warnings.warn(self.report(), SkippedSamplesWarning, stacklevel=2)
+    def warn(self, prefix: str = "", examples: Sequence[tuple[str, str, str]] | None = None) -> None:
+        """Emit `prefix` + the report as a `SkippedSamplesWarning` if anything was skipped."""
+        if self.total or self.shards:
+            warnings.warn(prefix + self.report(examples), SkippedSamplesWarning, stacklevel=2)
+
+    def epoch_done(self) -> None:
+        """A dataset's iteration ended: warn, unless this is a DataLoader worker or the owner reports."""
+        if self.warn_each_epoch and get_worker_info() is None:
+            self.warn()
 
 
 def _valid_caption(raw: Any) -> str | None:
@@ -294,8 +340,7 @@ class CsvImageText(IterableDataset):
                 continue
             self.skips.ok()
             yield image, caption
-        if get_worker_info() is None:
-            self.skips.warn()
+        self.skips.epoch_done()
 
 
 # --------------------------------------------------------------------------------- WebDataset
@@ -321,7 +366,7 @@ class _ShardErrors:
         text = " ".join(str(a) for a in getattr(exn, "args", ()))
         shard = next((u for u in self.urls if u in text), "?")
         truncated = isinstance(exn, (tarfile.TarError, EOFError)) or "unexpected end" in text.lower()
-        reason = "truncated_shard" if truncated else "other"
+        reason = "truncated_shard" if truncated else "missing_shard" if isinstance(exn, FileNotFoundError) else "broken_shard"
         if (reason, shard) not in self.seen:  # a broken tar raises once per member read and once per stream
             self.seen.add((reason, shard))
             self.skips.skip(reason, shard, exn)
@@ -449,5 +494,4 @@ class WebDatasetImageText(IterableDataset):
                 continue
             self.skips.ok()
             yield image, caption
-        if get_worker_info() is None:
-            self.skips.warn()
+        self.skips.epoch_done()

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.clipmini-installed
 CONSTRAINTS := requirements/constraints.txt
 PROFILE ?= cpu
 
-.PHONY: help env book book-check test test-fast lab reproduce claims bench strip clean
+.PHONY: help env book book-check test test-fast lab reproduce claims bench strip clean distclean
 
 help:
 	@echo "make book       build the rendered book into _build/html (executes every chapter)"
@@ -19,10 +19,14 @@ help:
 	@echo "make bench      measure speed and memory against open_clip into benchmarks/results/"
 
 # The environment: torch first (served from local disk where available), then the package with its extras.
+# A Python older than 3.11 stops here with one line; a failed install removes the half-made .venv, so
+# the next run starts clean instead of reusing it.
+FAILED_INSTALL = { rm -rf $(VENV); echo "make: the install failed (see above); $(VENV) was removed, so the next run starts clean" >&2; exit 1; }
 $(STAMP): pyproject.toml $(CONSTRAINTS)
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) torch torchvision
-	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) --editable '.[book,test,data]'
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "make: clipmini needs Python 3.11 or newer, and '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo 'not found'): install one and run 'make PYTHON=python3.11 ...'" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || $(FAILED_INSTALL)
+	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) torch torchvision || $(FAILED_INSTALL)
+	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) --editable '.[book,test,data]' || $(FAILED_INSTALL)
 	@touch $(STAMP)
 
 env: $(STAMP)
@@ -73,3 +77,7 @@ strip: $(STAMP)
 
 clean:
 	rm -rf _build runs .pytest_cache
+
+# A full reset: also the virtual environment (the model cache in ~/.cache/clipmini stays; see the README).
+distclean: clean
+	rm -rf $(VENV)

@@ -146,3 +146,17 @@ def test_a_raising_cell_fails_nbval(tmp_path):
     )
     assert run.returncode == 1, run.stdout[-2000:]
     assert "1 failed" in run.stdout
+
+
+def test_make_on_an_old_python_says_so_in_one_line(tmp_path):
+    """`make` checks the Python version before it builds anything, and leaves no environment behind."""
+    fake = tmp_path / "python3.10"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "Python 3.10.14"; exit 0; fi\nexit 1\n')
+    fake.chmod(0o755)
+    venv = tmp_path / "venv"
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "env", f"PYTHON={fake}", f"VENV={venv}"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("make: clipmini")]
+    assert len(lines) == 1 and "needs Python 3.11 or newer" in lines[0] and "Python 3.10.14" in lines[0], done.stderr
+    assert not venv.exists()

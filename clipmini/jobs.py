@@ -229,6 +229,9 @@ def sweep_claims(seeds: list[int], *, label: str, chapters: list[str] | None = N
         check_parameters(notebook, {**chosen[notebook], "seed": seeds[0]})
     os.environ[COLLECT_ENV] = "collect"  # the kernels papermill starts inherit it
     out = out_root / label
+    setting = {"label": label, "seeds": seeds, "parameters": parameters or {},
+               "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", ""), "torch_threads": _threads()}
+    path = out / "claims.json"
     runs = []
     for seed in seeds:
         for notebook in notebooks:
@@ -236,10 +239,7 @@ def sweep_claims(seeds: list[int], *, label: str, chapters: list[str] | None = N
             job = run_chapter(notebook, out / f"seed-{seed}", {**chosen[notebook], "seed": seed})
             runs.append({"chapter": job.chapter, "seed": seed, "status": job.status, "seconds": round(job.seconds, 1),
                          "error": job.error, "claims": job.results.get("claims", [])})
-    setting = {"label": label, "seeds": seeds, "parameters": parameters or {},
-               "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", ""), "torch_threads": _threads()}
-    path = out / "claims.json"
-    atomic_write_json(path, {"setting": setting, "runs": runs})
+            atomic_write_json(path, {"setting": setting, "runs": runs})  # after every run: a stopped sweep keeps its runs
     return path
 
 

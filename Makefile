@@ -8,7 +8,7 @@ STAMP := $(VENV)/.clipmini-installed
 CONSTRAINTS := requirements/constraints.txt
 PROFILE ?= cpu
 
-.PHONY: help env book book-check test test-fast lab reproduce claims bench strip clean distclean
+.PHONY: help env book book-check test test-fast lab reproduce claims bench screenshots chromium strip clean distclean
 
 help:
 	@echo "make book       build the rendered book into _build/html (executes every chapter)"
@@ -17,6 +17,7 @@ help:
 	@echo "make reproduce  run every chapter headless with papermill: PROFILE=cpu (default) or gpu"
 	@echo "make claims     run the chapters under several seeds and settings; every claim's verdict into book/claims_sweep.md"
 	@echo "make bench      measure speed and memory against open_clip into benchmarks/results/"
+	@echo "make screenshots  every page of _build/html in headless Chromium: PNGs, a contact sheet, overflow and broken images"
 
 # The environment: torch first (served from local disk where available), then the package with its extras.
 # A Python older than 3.11 stops here with one line; a failed install removes the half-made .venv, so
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "make: clipmini needs Python 3.11 or newer, and '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo 'not found'): install one and run 'make PYTHON=python3.11 ...'" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || $(FAILED_INSTALL)
 	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) torch torchvision || $(FAILED_INSTALL)
-	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) --editable '.[book,test,data]' || $(FAILED_INSTALL)
+	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) --editable '.[book,test,data,screenshots]' || $(FAILED_INSTALL)
 	@touch $(STAMP)
 
 env: $(STAMP)
@@ -71,6 +72,27 @@ claims: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
+
+# Every page of the built book in headless Chromium: a PNG per page, a phone and a dark-mode shot, a contact
+# sheet, and a report of code blocks that overflow their column and images that did not load (a broken image
+# fails it; SCREENSHOTS_FLAGS=--fail-on-overflow makes overflow fail too). HTML=_build/check/_build/html looks
+# at the quick build of `make book-check`. Not part of `make test`: it needs a browser and the built book.
+HTML ?= _build/html
+SCREENSHOTS_FLAGS ?=
+CHROMIUM ?=
+screenshots: $(STAMP) chromium
+	$(PY) -m clipmini.jobs screenshots $(HTML) --out _build/screenshots $(if $(CHROMIUM),--chromium $(CHROMIUM)) $(SCREENSHOTS_FLAGS)
+
+# Debian's chromium package, installed when it is missing and we are root with apt-get; otherwise how to get it.
+chromium: $(STAMP)
+	@CHROMIUM="$(CHROMIUM)" $(PY) -c 'from clipmini.screenshots import find_chromium; find_chromium()' 2>/dev/null \
+	|| if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make: installing Debian's chromium package for the screenshots"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "make: the screenshots need Chromium: 'sudo apt-get install chromium' (Debian, Ubuntu), or install" \
+			"Chromium or Chrome and run 'make screenshots CHROMIUM=/path/to/it'" >&2; exit 1; \
+	fi
 
 strip: $(STAMP)
 	$(PY) -m clipmini.jobs strip

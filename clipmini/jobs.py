@@ -1,7 +1,8 @@
 """Chapters as jobs: run every notebook of the book headless with papermill, and check the book builds.
 
 ``python -m clipmini.jobs reproduce --profile cpu`` is what ``make reproduce`` runs;
-``python -m clipmini.jobs book-check`` is the quick, non-executing book build of ``make test``.
+``python -m clipmini.jobs book-check`` is the quick, non-executing book build of ``make test``;
+``python -m clipmini.jobs screenshots`` looks at the built book in a browser (``make screenshots``).
 """
 
 from __future__ import annotations
@@ -343,7 +344,22 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--out", type=Path, help="write the table here (atomically) instead of printing it")
     strip = sub.add_parser("strip", help="strip outputs from notebooks (default: notebooks/*.ipynb)")
     strip.add_argument("paths", nargs="*", type=Path)
+    shots = sub.add_parser("screenshots", help="every page of the built book in headless Chromium: PNGs, a contact "
+                           "sheet, and a report of overflowing code and broken images")
+    shots.add_argument("html_dir", nargs="?", type=Path, default=ROOT / "_build" / "html",
+                       help="the built HTML (default: _build/html; _build/check/_build/html after book-check)")
+    shots.add_argument("--out", type=Path, default=ROOT / "_build" / "screenshots", help="default: _build/screenshots")
+    shots.add_argument("--fail-on-overflow", action="store_true",
+                       help="exit 1 when any code block overflows its column (a broken image always does)")
+    shots.add_argument("--width", type=int, default=1280, help="the desktop window's width in pixels (default: 1280)")
+    shots.add_argument("--sample", help="the page shot on a phone and in dark mode (default: the first chapter)")
+    shots.add_argument("--chromium", help="the browser binary (default: $CHROMIUM, else chromium on the PATH)")
+    shots.add_argument("--allow-network", action="store_true", help="let pages fetch off-site files (MathJax's CDN)")
     args = parser.parse_args(argv)
+    if args.command == "screenshots":
+        from clipmini import screenshots
+
+        return screenshots.main(args)
     if args.command == "book-check":
         return book_check()
     if args.command == "claims":

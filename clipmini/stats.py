@@ -6,7 +6,8 @@ Every verdict in the book rests on one of three estimates:
 - the difference of two classifiers scored on the *same* images: a paired bootstrap of the per-image
   differences, with McNemar's exact test beside it (`paired_difference`);
 - accuracies on different images: Newcombe's interval of the difference (`independent_difference`);
-- a number measured once per training seed: the mean with Student's t-interval (`over_seeds`).
+- a number measured once per training seed: the mean with Student's t-interval (`over_seeds`);
+- the mean of real-valued per-item numbers (a cosine gap per image): a bootstrap (`bootstrap_mean`).
 
 Each returns an `Interval`. `clipmini.claims` turns intervals into asserted verdicts.
 """
@@ -47,6 +48,12 @@ class Interval:
 
     def excludes(self, value: float) -> bool:
         return not self.low <= value <= self.high
+
+    def minus(self, value: float) -> "Interval":
+        """The interval of (estimate - value): how far from a reference value, such as chance."""
+        return Interval(self.estimate - value, self.low - value, self.high - value, self.n,
+                        f"{self.method}, minus {value:g}", self.confidence,
+                        tuple(v - value for v in self.values))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -153,16 +160,41 @@ def paired_difference(
         raise ValueError(f"a bootstrap needs at least 100 draws for a 95% interval; got {draws}")
     _check_confidence(confidence)
     diff = a.astype(np.int8) - b.astype(np.int8)  # [n], each -1, 0 or +1
+    estimate, low, high = _bootstrap_mean(diff, confidence, draws)
+    p = mcnemar_p(a, b)
+    return Interval(estimate, low, high, int(a.size), f"paired bootstrap (McNemar p={p:.2g})", confidence)
+
+
+def _bootstrap_mean(values: np.ndarray, confidence: float, draws: int) -> tuple[float, float, float]:
+    """The mean of `values` [n] and its percentile-bootstrap interval (a fixed generator: no randomness)."""
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     means = np.empty(draws)
     for start in range(0, draws, 500):  # chunks keep the [draws, n] index matrix small
-        rows = rng.integers(0, diff.size, size=(min(500, draws - start), diff.size))  # [d, n]
-        means[start : start + rows.shape[0]] = diff[rows].mean(axis=1)
+        rows = rng.integers(0, values.size, size=(min(500, draws - start), values.size))  # [d, n]
+        means[start : start + rows.shape[0]] = values[rows].mean(axis=1)
     tail = (1 - confidence) / 2
-    estimate = float(diff.mean())
+    estimate = float(values.mean())
     low, high = np.quantile(means, [tail, 1 - tail])
-    p = mcnemar_p(a, b)
-    return Interval(estimate, min(estimate, float(low)), max(estimate, float(high)), int(a.size), f"paired bootstrap (McNemar p={p:.2g})", confidence)
+    return estimate, min(estimate, float(low)), max(estimate, float(high))
+
+
+def bootstrap_mean(values: Any, confidence: float = CONFIDENCE, draws: int = BOOTSTRAP_DRAWS) -> Interval:
+    """The mean of per-item numbers with a bootstrap interval, e.g. per-image differences of two scores.
+
+    For a paired comparison of real-valued scores (a cosine under two captions of the same image),
+    pass the per-item differences; resampling items keeps the pairing, as `paired_difference` does
+    for right/wrong flags.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size < 2:
+        raise ValueError(f"a bootstrap mean needs a 1-D array of at least 2 values; got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("every value must be finite; got NaN or infinity")
+    if draws < 100:
+        raise ValueError(f"a bootstrap needs at least 100 draws for a 95% interval; got {draws}")
+    _check_confidence(confidence)
+    estimate, low, high = _bootstrap_mean(x, confidence, draws)
+    return Interval(estimate, low, high, int(x.size), "bootstrap of the mean", confidence)
 
 
 def _betacf(a: float, b: float, x: float) -> float:

@@ -11,6 +11,7 @@ from clipmini.claims import COLLECT_ENV, ClaimFailed, Claims, claims_table
 from clipmini.stats import (
     Interval,
     accuracy_interval,
+    bootstrap_mean,
     difference_over_seeds,
     independent_difference,
     mcnemar_p,
@@ -76,6 +77,31 @@ def test_paired_difference_resolves_a_real_gap_and_covers_a_null_one():
     assert 0.90 <= covered / 200 <= 0.99
 
 
+def test_bootstrap_mean_covers_the_true_mean_and_resolves_a_shift():
+    rng = np.random.default_rng(3)
+    covered = 0
+    for _ in range(200):  # per-item gaps with true mean 0.1
+        covered += not bootstrap_mean(rng.normal(0.1, 1.0, 200), draws=1000).excludes(0.1)
+    assert 0.90 <= covered / 200 <= 0.99
+    shifted = bootstrap_mean(rng.normal(0.3, 1.0, 400))
+    assert shifted.low > 0 and shifted.low < 0.3 < shifted.high
+    gaps = rng.normal(0.0, 1.0, 50)
+    assert bootstrap_mean(gaps) == bootstrap_mean(gaps)  # a fixed generator: the same data, the same interval
+    # the paired comparison: two scores per item that share most of their noise
+    shared = rng.normal(0.0, 1.0, 300)
+    a, b = shared + 0.05, shared + rng.normal(0.0, 0.05, 300)
+    assert bootstrap_mean(a - b).low > 0  # resolved, though each score alone varies 20 times more
+
+
+def test_an_interval_minus_a_value_moves_every_end():
+    at_chance = accuracy_interval(52, 100).minus(0.5)
+    wilson = accuracy_interval(52, 100)
+    assert (at_chance.estimate, at_chance.low, at_chance.high) == pytest.approx(
+        (wilson.estimate - 0.5, wilson.low - 0.5, wilson.high - 0.5))
+    assert at_chance.n == 100 and "minus 0.5" in at_chance.method
+    assert over_seeds([0.5, 0.6, 0.55]).minus(0.5).values == pytest.approx((0.0, 0.1, 0.05))
+
+
 def test_independent_difference_matches_newcombe():
     # Newcombe (1998), table II, example (a): 56/70 vs 48/80, method 10 gives 0.0524 to 0.3339
     d = independent_difference(accuracy_interval(56, 70), accuracy_interval(48, 80))
@@ -114,6 +140,9 @@ def test_over_seeds_t_interval():
     (lambda: difference_over_seeds([1, 2], [1]), "one value of each per seed"),
     (lambda: accuracy_interval(5, 10, confidence=95), "confidence"),
     (lambda: Interval(0.5, 0.6, 0.7, 10, "x"), "hold its estimate"),
+    (lambda: bootstrap_mean([1.0]), "at least 2 values"),
+    (lambda: bootstrap_mean([1.0, float("inf")]), "finite"),
+    (lambda: bootstrap_mean(np.ones((3, 2))), "1-D"),
 ])
 def test_bad_input_is_named(call, message):
     with pytest.raises((ValueError, TypeError), match=message):

@@ -4,7 +4,8 @@ Models trained on one distribution fall on a line when their accuracy on a shift
 against their accuracy on the training distribution, both axes logit-scaled (Taori et al., 2020; the CLIP
 paper's Figure 13). A model above the line is *effectively* robust: it keeps more accuracy under the
 shift than a model of the same in-distribution accuracy from the family. `fit_robustness_line` fits that
-line; `RobustnessLine` measures a model against it. `labelled_training_images` gives a supervised
+line, to the family members that `off_chance_and_ceiling` admits; `RobustnessLine` measures a model
+against it. `labelled_training_images` gives a supervised
 baseline the images a CLIP trained on, with labels read from the scenes instead of captions.
 """
 
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["clipped_logit", "RobustnessLine", "fit_robustness_line", "labelled_training_images"]
+__all__ = ["clipped_logit", "off_chance_and_ceiling", "RobustnessLine", "fit_robustness_line",
+           "labelled_training_images"]
 
 LABELS = ("shape", "color", "color_shape")  # what a single-object scene can be labelled with
 
@@ -32,6 +34,20 @@ def clipped_logit(accuracy, n: int | None = None) -> np.ndarray:
     eps = 0.5 / n if n is not None else 1e-4
     p = np.clip(p, eps, 1.0 - eps)
     return np.log(p) - np.log1p(-p)
+
+
+def off_chance_and_ceiling(accuracy: float, n: int, *, chance: float) -> bool:
+    """Whether an accuracy on `n` test images is resolved away from both ends of the scale: its 95% Wilson
+    interval lies above `chance` and below 1. A point at chance or at 100% is a floor or a ceiling, not a
+    place on the line, and would pull a logit-space fit wherever its clipped logit happens to fall."""
+    from clipmini.stats import accuracy_interval
+
+    if not 0 < chance < 1:
+        raise ValueError(f"chance must be a fraction in (0, 1); got {chance!r}")
+    if not 0 <= accuracy <= 1:
+        raise ValueError(f"accuracy must be a fraction in [0, 1]; got {accuracy!r}")
+    interval = accuracy_interval(round(accuracy * n), n)
+    return bool(interval.low > chance and interval.high < 1.0)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -53,17 +69,6 @@ class RobustnessLine:
     def effective_robustness(self, id_accuracy, ood_accuracy):
         """Shifted accuracy above the line's prediction, in accuracy units (0.2 = 20 points above)."""
         return np.asarray(ood_accuracy, dtype=np.float64) - self.expected(id_accuracy)
-
-    def gap_closed(self, id_accuracy, ood_accuracy):
-        """The share of the robustness gap a model closes: 0 on the line, 1 when its shifted accuracy
-        equals its in-distribution accuracy (the y = x of a perfectly robust model). The paper's claim
-        that zero-shot CLIP closes "up to 75%" of the robustness gap (Figure 13) is this number."""
-        id_accuracy = np.asarray(id_accuracy, dtype=np.float64)
-        expected = self.expected(id_accuracy)
-        gap = id_accuracy - expected
-        if np.any(gap <= 0):
-            raise ValueError("the line predicts no drop for this in-distribution accuracy: there is no gap to close")
-        return (np.asarray(ood_accuracy, dtype=np.float64) - expected) / gap
 
 
 def fit_robustness_line(id_accuracies: Sequence[float], ood_accuracies: Sequence[float], *, n: int | None = None) -> RobustnessLine:

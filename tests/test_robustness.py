@@ -6,7 +6,13 @@ import torch
 
 from clipmini.data import CaptionWorld, WorldConfig
 from clipmini.data.attributes import SHAPES
-from clipmini.robustness import RobustnessLine, clipped_logit, fit_robustness_line, labelled_training_images
+from clipmini.robustness import (
+    RobustnessLine,
+    clipped_logit,
+    fit_robustness_line,
+    labelled_training_images,
+    off_chance_and_ceiling,
+)
 
 
 def _sigmoid(x):
@@ -42,20 +48,26 @@ def test_the_fit_recovers_a_line_in_logit_space():
     assert line.effective_robustness(x, y) == pytest.approx(np.zeros(6), abs=1e-6)
 
 
-def test_effective_robustness_and_gap_closed_of_a_model_above_the_line():
+def test_effective_robustness_of_a_model_above_the_line():
     line = RobustnessLine(slope=1.0, intercept=np.log(0.25))  # odds under the shift: a quarter of the ID odds
     expected = line.expected(0.8)  # ID odds 4 -> shifted odds 1
     assert expected == pytest.approx(0.5)
     assert line.effective_robustness(0.8, 0.65) == pytest.approx(0.15)
-    assert line.gap_closed(0.8, 0.5) == pytest.approx(0.0)  # on the line
-    assert line.gap_closed(0.8, 0.8) == pytest.approx(1.0)  # loses nothing
-    assert line.gap_closed(0.8, 0.65) == pytest.approx(0.5)  # half way
+    assert line.effective_robustness(0.8, 0.5) == pytest.approx(0.0)  # on the line
 
 
-def test_gap_closed_needs_a_gap():
-    line = RobustnessLine(slope=1.0, intercept=0.0)  # y = x: the family loses nothing
-    with pytest.raises(ValueError, match="no gap to close"):
-        line.gap_closed(0.8, 0.8)
+def test_off_chance_and_ceiling_admits_only_points_resolved_from_both_ends():
+    assert off_chance_and_ceiling(0.5, 500, chance=0.1)
+    assert not off_chance_and_ceiling(0.1, 500, chance=0.1)  # at chance
+    assert not off_chance_and_ceiling(0.11, 500, chance=0.1)  # 55 of 500: the interval still holds 0.1
+    assert off_chance_and_ceiling(0.14, 500, chance=0.1)  # 70 of 500: [0.112, 0.173]
+    assert not off_chance_and_ceiling(1.0, 500, chance=0.1)  # at the ceiling
+    assert off_chance_and_ceiling(0.99, 500, chance=0.1)  # 495 of 500: its interval stays below 1
+    assert not off_chance_and_ceiling(0.12, 2000, chance=0.2)  # below chance is no better than at it
+    with pytest.raises(ValueError, match="chance"):
+        off_chance_and_ceiling(0.5, 500, chance=0.0)
+    with pytest.raises(ValueError, match="accuracy"):
+        off_chance_and_ceiling(1.5, 500, chance=0.1)
 
 
 def test_the_fit_needs_two_different_in_distribution_accuracies():

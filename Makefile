@@ -68,7 +68,7 @@ claims: $(STAMP)
 	OMP_NUM_THREADS=1 CLIPMINI_CACHE=$(SWEEP)/cache-1thread $(PY) -m clipmini.jobs claims --seeds 0 \
 		--label 1-thread --param threads=1 $(CHAPTER_FLAGS)
 	$(PY) -m clipmini.jobs claims-table $(SWEEP)/default/claims.json $(SWEEP)/aten-default/claims.json \
-		$(SWEEP)/1-thread/claims.json --out book/claims_sweep.md
+		$(SWEEP)/1-thread/claims.json --current $(SWEEP)/default/claims.json --out book/claims_sweep.md
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -250,10 +250,24 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def claims_sweep_table(paths: list[Path]) -> str:
-    """Markdown: each claim of each chapter across every run of the sweeps in `paths` (their claims.json)."""
+def claims_sweep_table(paths: list[Path], current: list[Path] | None = None) -> str:
+    """Markdown: each claim of each chapter across every run of the sweeps in `paths` (their claims.json).
+
+    A claim holds in a run when that run's interval meets what the claim needs. With `current` (claims.json
+    files of runs of the chapters as they are now), a chapter's rows are its current claims, and every run's
+    recorded interval is judged by the current claim's kind and bound: runs made before a claim was
+    restated (a bound moved, a claim demoted to "not resolved") count by what the chapter states today,
+    and claims the chapter no longer makes are left out. Without it, each claim is judged as its first run
+    states it. A run whose claim was not asserted never counts as holding.
+    """
     from clipmini.claims import format_value, needed_text
 
+    definitions: dict[tuple[str, str], dict] = {}
+    for path in current or []:
+        for run in json.loads(Path(path).read_text())["runs"]:
+            for claim in run["claims"]:
+                definitions[(run["chapter"], claim["name"])] = claim
+    judged_chapters = {chapter for chapter, _ in definitions}
     rows: dict[tuple[str, str], list[dict]] = {}
     failed_runs, total_runs = [], 0
     for path in paths:
@@ -264,20 +278,32 @@ def claims_sweep_table(paths: list[Path]) -> str:
             if run["status"] != "ok":
                 failed_runs.append(f"{run['chapter']} ({label}, seed {run['seed']}): {run['error']}")
             for claim in run["claims"]:
-                rows.setdefault((run["chapter"], claim["name"]), []).append({**claim, "run": f"{label}/{run['seed']}"})
+                key = (run["chapter"], claim["name"])
+                if run["chapter"] in judged_chapters and key not in definitions:
+                    continue  # a claim the chapter no longer states
+                rows.setdefault(key, []).append({**claim, "run": f"{label}/{run['seed']}"})
     lines = ["| chapter | claim | needed | estimates (min to max) | worst interval | holds in |",
              "|---|---|---|---|---|---|"]
-    for (chapter, name), found in rows.items():
-        first = found[0]
-        fmt = functools.partial(format_value, percent=first.get("percent", True))
-        needed = needed_text(first["kind"], first["bound"], first.get("percent", True))
+    for key in sorted(rows, key=lambda k: k[0]):  # by chapter; a chapter's claims in the order first met
+        chapter, name = key
+        rule = definitions.get(key, rows[key][0])
+        found = [{**c, "kind": rule["kind"], "bound": rule["bound"]} for c in rows[key]]
+        percent = rule.get("percent", True)
+        fmt = functools.partial(format_value, percent=percent)
+        needed = needed_text(rule["kind"], rule["bound"], percent)
         estimates = [c["estimate"] for c in found]
         worst = min(found, key=_slack)
-        held = sum(c["passed"] is not False for c in found)
-        verdict = f"{held} of {len(found)}" if first["kind"] != "unresolved" else f"not asserted ({len(found)} runs)"
+        if rule["kind"] == "unresolved":
+            verdict = f"not asserted ({len(found)} runs)"
+        else:
+            held = sum(_holds(c) for c in found)
+            verdict = f"{held} of {len(found)}"
         lines.append(f"| {chapter} | {name} | {needed} | {fmt(min(estimates))} to {fmt(max(estimates))} "
                      f"| [{fmt(worst['low'])}, {fmt(worst['high'])}] ({worst['run']}) | {verdict} |")
     summary = f"{total_runs} chapter runs, {len(failed_runs)} stopped before their claims were all recorded."
+    if definitions:
+        summary += (" Every run's interval is judged by the claim as its chapter states it today"
+                    " (a failure listed below may be of a claim since restated).")
     return "\n".join(lines) + "\n\n" + summary + "".join(f"\n- {f}" for f in failed_runs) + "\n"
 
 
@@ -291,6 +317,12 @@ def _slack(claim: dict) -> float:
         "equivalent": lambda: min(low + bound, bound - high),
         "unresolved": lambda: math.inf,
     }[claim["kind"]]()
+
+
+def _holds(claim: dict) -> bool:
+    """The verdict of `clipmini.claims` from a recorded interval: strict for > and ≈, inclusive for ≥ and ≤."""
+    slack = _slack(claim)
+    return slack > 0 if claim["kind"] in ("greater", "equivalent") else slack >= 0
 
 
 def strip_outputs(paths: list[Path]) -> list[Path]:
@@ -342,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     table = sub.add_parser("claims-table", help="the Markdown table of sweeps' claims.json files")
     table.add_argument("paths", nargs="+", type=Path)
     table.add_argument("--out", type=Path, help="write the table here (atomically) instead of printing it")
+    table.add_argument("--current", type=Path, action="append", default=[],
+                       help="claims.json of runs of the chapters as they are now: their claims decide the rows, and "
+                            "every run is judged by them (repeatable)")
     strip = sub.add_parser("strip", help="strip outputs from notebooks (default: notebooks/*.ipynb)")
     strip.add_argument("paths", nargs="*", type=Path)
     shots = sub.add_parser("screenshots", help="every page of the built book in headless Chromium: PNGs, a contact "
@@ -372,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         print(claims_sweep_table([path]))
         return 0
     if args.command == "claims-table":
-        text = claims_sweep_table(args.paths)
+        text = claims_sweep_table(args.paths, current=args.current)
         if args.out:
             atomic_write_text(args.out, text)
         else:

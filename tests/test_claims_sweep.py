@@ -62,3 +62,39 @@ def test_sweep_table_over_several_settings(tmp_path):
 
     table = jobs.claims_sweep_table([sweep("default", [0.10, 0.05, 0.08]), sweep("1-thread", [0.01])])
     assert "| 06_x | A beats B | > 0.0% | 1.0% to 10.0% | [-1.0%, 3.0%] (1-thread/0) | 3 of 4 |" in table
+
+
+def _sweep_file(path, label, claims_by_seed, chapter="07_x"):
+    runs = [{"chapter": chapter, "seed": s, "status": "ok", "error": "", "seconds": 1.0, "claims": claims}
+            for s, claims in claims_by_seed.items()]
+    path.write_text(json.dumps({"setting": {"label": label}, "runs": runs}))
+    return path
+
+
+def _claim(name, kind, bound, low, high, passed):
+    return {"name": name, "kind": kind, "bound": bound, "estimate": (low + high) / 2, "low": low, "high": high,
+            "passed": passed, "percent": True}
+
+
+def test_runs_are_judged_by_the_claim_as_the_chapter_states_it_now(tmp_path):
+    # an early run asserted "> 10%" and failed; the chapter has since moved the bound to 0 and demoted another
+    early = _sweep_file(tmp_path / "early.json", "early", {
+        0: [_claim("gap", "greater", 0.1, 0.05, 0.3, False), _claim("order", "greater", 0.0, -0.1, 0.2, False),
+            _claim("dropped", "greater", 0.0, 0.1, 0.2, True)]})
+    now = _sweep_file(tmp_path / "now.json", "now", {
+        1: [_claim("gap", "greater", 0.0, 0.02, 0.2, True),
+            _claim("order", "unresolved", None, -0.2, 0.3, None)]})
+    table = jobs.claims_sweep_table([early, now], current=[now])
+    assert "| 07_x | gap | > 0.0% | 11.0% to 17.5% | [2.0%, 20.0%] (now/1) | 2 of 2 |" in table
+    assert "| 07_x | order | — |" in table and "not asserted (2 runs)" in table
+    assert "dropped" not in table  # a claim the chapter no longer states
+    # without the current definitions, the first run's claim decides: the early "> 10%" fails there
+    assert "| 07_x | gap | > 10.0% | 11.0% to 17.5% | [2.0%, 20.0%] (now/1) | 0 of 2 |" in jobs.claims_sweep_table(
+        [early, now])
+
+
+def test_a_claim_not_asserted_in_a_run_never_counts_as_holding(tmp_path):
+    path = _sweep_file(tmp_path / "s.json", "s", {
+        0: [_claim("ratio", "at most", 0.5, 0.1, 0.4, True)],
+        1: [_claim("ratio", "at most", 0.5, 0.3, 0.7, None)]})  # this run's interval reaches past the bound
+    assert "| 07_x | ratio | ≤ 50.0% | 25.0% to 50.0% | [30.0%, 70.0%] (s/1) | 1 of 2 |" in jobs.claims_sweep_table([path])

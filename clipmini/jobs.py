@@ -292,7 +292,8 @@ def claims_sweep_table(paths: list[Path], current: list[Path] | None = None) -> 
         fmt = functools.partial(format_value, percent=percent)
         needed = needed_text(rule["kind"], rule["bound"], percent)
         estimates = [c["estimate"] for c in found]
-        worst = min(found, key=_slack)
+        # the interval nearest to failing; for a claim not asserted, the one reaching lowest
+        worst = min(found, key=_slack if rule["kind"] != "unresolved" else lambda c: c["low"])
         if rule["kind"] == "unresolved":
             verdict = f"not asserted ({len(found)} runs)"
         else:
